@@ -1,0 +1,267 @@
+"""RMSprop as a pure gradient transform: the math of the API page, written once.
+
+The per-element update lives in :func:`rmsprop_kernel`, one function that
+returns every new buffer, so XLA fuses each leaf's update into a single pass
+over memory. :func:`rmsprop` wraps it in the ``init``/``update`` protocol; the
+stateful :class:`lucid_fx.RMSprop` calls the same factory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lucid_fx.base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    ScalarOrSchedule,
+    Updates,
+)
+from lucid_fx.validation import check_hyperparameter, check_same_structure, is_static_zero
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class RMSpropState(NamedTuple):
+    """The state of :func:`rmsprop`; field names are torch's state-dict keys.
+
+    Attributes:
+      step: int32 count of updates applied (0 before the first).
+      square_avg: v, the running average of |g|², one array per parameter (real).
+      grad_avg: ḡ, the running average of g when ``centered``, else ``None``.
+      momentum_buffer: b when momentum is in use, else ``None``.
+      skipped: int32 count of steps skipped for non-finite gradients when
+        ``skip_nonfinite``, else ``None``.
+    """
+
+    step: jax.Array
+    square_avg: Updates
+    grad_avg: Updates | None
+    momentum_buffer: Updates | None
+    skipped: jax.Array | None
+
+
+def rmsprop_kernel(
+    grad: jax.Array,
+    param: jax.Array | None,
+    square_avg: jax.Array,
+    grad_avg: jax.Array | None,
+    momentum_buffer: jax.Array | None,
+    *,
+    lr: Any,
+    alpha: Any,
+    eps: Any,
+    weight_decay: Any | None,
+    momentum: Any | None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """One RMSprop step for one array: returns ``(delta, v, ḡ, b)``, delta to add to θ.
+
+    ``weight_decay``/``momentum`` of ``None`` (and ``grad_avg``/``momentum_buffer``
+    of ``None``) switch that part off. Arithmetic runs in the wider of the
+    parameter's and the state's dtype; each output keeps its input's dtype.
+    """
+    compute = jnp.result_type(grad, square_avg, *([] if grad_avg is None else [grad_avg]))
+    real = jnp.finfo(compute).dtype  # complex64 -> float32, and so on
+
+    def hyper(x: Any) -> jax.Array:
+        return jnp.asarray(x).astype(real)
+
+    g = grad.astype(compute)
+    if weight_decay is not None:
+        g = g + hyper(weight_decay) * param.astype(compute)
+    a = hyper(alpha)
+    v = a * square_avg.astype(real) + (1 - a) * jnp.real(g * jnp.conj(g))
+    if grad_avg is not None:
+        gbar = a * grad_avg.astype(compute) + (1 - a) * g
+        # Rounding can push v - |ḡ|² below 0; torch and optax then return NaN.
+        variance = jnp.maximum(v - jnp.real(gbar * jnp.conj(gbar)), 0)
+        denom = jnp.sqrt(variance) + hyper(eps)
+        new_grad_avg = gbar.astype(grad_avg.dtype)
+    else:
+        denom = jnp.sqrt(v) + hyper(eps)
+        new_grad_avg = None
+    scaled = hyper(lr) * g / denom
+    if momentum_buffer is not None:
+        b = hyper(momentum) * momentum_buffer.astype(compute) + scaled
+        delta = -b
+        new_buffer = b.astype(momentum_buffer.dtype)
+    else:
+        delta = -scaled
+        new_buffer = None
+    return delta.astype(grad.dtype), v.astype(square_avg.dtype), new_grad_avg, new_buffer
+
+
+def _buffer_dtypes(param_dtype: Any, state_dtype: Any | None) -> tuple[Any, Any]:
+    """(dtype of v, dtype of ḡ and b) for a parameter of ``param_dtype``."""
+    base = jnp.dtype(param_dtype if state_dtype is None else state_dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating):
+        full = jnp.result_type(base, jnp.complex64) if not jnp.issubdtype(
+            base, jnp.complexfloating) else base
+        return jnp.finfo(full).dtype, full
+    return base, base
+
+
+def _check_float(path: Any, leaf: Any) -> None:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"rmsprop optimizes floating-point parameters only; "
+            f"{jax.tree_util.keystr(path) or 'the parameter'} has dtype {dtype}. "
+            f"Cast it (e.g. x.astype(jnp.float32)) or leave it out of the optimized tree."
+        )
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 0.01,
+    alpha: float = 0.99,
+    eps: float = 1e-08,
+    weight_decay: float = 0,
+    momentum: float = 0,
+    centered: bool = False,
+    *,
+    maximize: bool = False,
+    skip_nonfinite: bool = False,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""Root Mean Square Propagation, exactly as the ``lucid.optim.RMSprop`` page defines it.
+
+    Per element, with gradient g, parameter θ and step t::
+
+        g   ← -g                                  (maximize only)
+        g   ← g + λ·θ                             (weight_decay λ ≠ 0: coupled L2)
+        v_t  = α·v_{t-1} + (1-α)·|g|²              (v_0 = 0)
+        centered:  ḡ_t = α·ḡ_{t-1} + (1-α)·g       (ḡ_0 = 0)
+                   d = sqrt(max(v_t - |ḡ_t|², 0)) + ε
+        otherwise: d = sqrt(v_t) + ε               (ε outside the square root)
+        μ = 0:     θ_t = θ_{t-1} - η·g/d
+        μ > 0:     b_t = μ·b_{t-1} + η·g/d         (b_0 = 0; η inside the buffer)
+                   θ_t = θ_{t-1} - b_t
+
+    Args:
+      lr: learning rate η (default 0.01): a number, a 0-d array, or a schedule
+        ``count -> η`` called with the int32 step count (0 at the first update);
+        optax schedules work unchanged.
+      alpha: smoothing constant α of the running averages (default 0.99), in [0, 1].
+      eps: ε added to the denominator, outside the square root (default 1e-8).
+      weight_decay: L2 coefficient λ added to the gradient (default 0); needs
+        ``params`` in ``update``.
+      momentum: momentum factor μ (default 0). A plain 0 allocates no buffer;
+        any jax array, even 0, allocates one (structure is fixed at construction).
+      centered: divide by the estimated standard deviation of g instead of the
+        root mean square (default False). ``max(·, 0)`` guards against rounding.
+      maximize: ascend instead of descend: negates g first (default False).
+      skip_nonfinite: a step whose gradients hold NaN or Inf changes nothing
+        (zero updates, every buffer and ``step`` kept) and counts into
+        ``state.skipped`` (default False: non-finite values propagate, as in torch).
+      state_dtype: dtype of v, ḡ and b (default: each parameter's own). For
+        bfloat16 parameters, ``jnp.float32`` keeps v accurate at twice its memory.
+
+    Returns:
+      A :class:`GradientTransformation` whose state is :class:`RMSpropState`.
+      ``update`` returns deltas to add to the parameters (``apply_updates``).
+
+    .. warning::
+       With a constant lr this equals ``torch.optim.RMSprop`` step for step.
+       When lr changes over time (a schedule, or a new ``param_groups`` lr), the
+       momentum buffer carries η from earlier steps, as the page writes it;
+       torch keeps η out of its buffer and multiplies it at the end. optax's
+       ``rmsprop`` matches only with ``eps_in_sqrt=False`` (its default puts ε
+       inside the square root) and its own ``add_decayed_weights`` first.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lucid_fx as fx
+      >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+      >>> tx = fx.rmsprop(lr=0.1)
+      >>> params = {"w": jnp.zeros(3)}
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = fx.apply_updates(params, updates)
+      >>> bool(loss(params) < 0.1)
+      True
+    """
+    check_hyperparameter("lr", lr)
+    check_hyperparameter("alpha", alpha, high=1.0)
+    check_hyperparameter("eps", eps)
+    check_hyperparameter("weight_decay", weight_decay)
+    check_hyperparameter("momentum", momentum)
+    # Structure is decided here, once: which buffers exist and whether θ is read.
+    use_momentum = not is_static_zero(momentum)
+    use_weight_decay = not is_static_zero(weight_decay)
+
+    def init(params: Params) -> RMSpropState:
+        jax.tree_util.tree_map_with_path(_check_float, params)
+
+        def zeros(p: jax.Array, which: int) -> jax.Array:
+            return jnp.zeros(jnp.shape(p), _buffer_dtypes(jnp.result_type(p), state_dtype)[which])
+
+        return RMSpropState(
+            step=jnp.zeros((), jnp.int32),
+            square_avg=jax.tree.map(lambda p: zeros(p, 0), params),
+            grad_avg=jax.tree.map(lambda p: zeros(p, 1), params) if centered else None,
+            momentum_buffer=jax.tree.map(lambda p: zeros(p, 1), params) if use_momentum else None,
+            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
+        )
+
+    def update(
+        updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, RMSpropState]:
+        check_same_structure(state.square_avg, updates, what="gradients", against="the state")
+        if use_weight_decay:
+            if params is None:
+                raise ValueError(
+                    "rmsprop: weight_decay is non-zero, so update() needs params: "
+                    "call tx.update(grads, state, params)"
+                )
+            check_same_structure(state.square_avg, params, what="params", against="the state")
+        grads = jax.tree.map(jnp.negative, updates) if maximize else updates
+        step_lr = lr(state.step) if callable(lr) else lr
+        treedef = jax.tree.structure(state.square_avg)
+
+        def leaves(tree: Any) -> list[Any]:
+            return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
+
+        outs = [
+            rmsprop_kernel(
+                g, p, v, gbar, b,
+                lr=step_lr, alpha=alpha, eps=eps,
+                weight_decay=weight_decay if use_weight_decay else None,
+                momentum=momentum if use_momentum else None,
+            )
+            for g, p, v, gbar, b in zip(
+                leaves(grads),
+                leaves(params if use_weight_decay else None),
+                leaves(state.square_avg),
+                leaves(state.grad_avg),
+                leaves(state.momentum_buffer),
+            )
+        ]
+        deltas, vs, gbars, bs = (list(column) for column in zip(*outs)) if outs else ([],) * 4
+        new_state = RMSpropState(
+            step=jnp.minimum(state.step, _INT32_MAX - 1) + 1,
+            square_avg=treedef.unflatten(vs),
+            grad_avg=treedef.unflatten(gbars) if centered else None,
+            momentum_buffer=treedef.unflatten(bs) if use_momentum else None,
+            skipped=state.skipped,
+        )
+        new_updates = treedef.unflatten(deltas)
+        if skip_nonfinite:
+            new_updates, new_state = _keep_old_if_nonfinite(grads, new_updates, state, new_state)
+        return new_updates, new_state
+
+    return GradientTransformation(init, update)
+
+
+def _keep_old_if_nonfinite(
+    grads: Updates, new_updates: Updates, old: RMSpropState, new: RMSpropState
+) -> tuple[Updates, RMSpropState]:
+    """Selects zero updates and the old state when any gradient is NaN or Inf."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731 - a one-line select
+    updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
+    state = jax.tree.map(keep, new._replace(skipped=old.skipped), old)
+    return updates, state._replace(skipped=old.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))

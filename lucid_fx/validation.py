@@ -1,0 +1,97 @@
+"""Checks at the boundary: hyper-parameter values and tree agreement.
+
+Shared by the functional transforms and the stateful optimizers so that both
+faces reject the same input with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from lucid_fx.base import PyTree
+
+
+def concrete_value(value: Any) -> float | complex | None:
+    """The Python number behind ``value``, or ``None`` when it is traced or a schedule."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return None
+    array = np.asarray(value)
+    if array.shape != ():
+        raise ValueError(f"expected a scalar hyper-parameter, got an array of shape {array.shape}")
+    return array.item()
+
+
+def check_hyperparameter(
+    name: str, value: Any, *, low: float = 0.0, high: float | None = None
+) -> None:
+    """Raises ``ValueError`` naming ``name`` and ``value`` unless low <= value (<= high).
+
+    NaN fails (as ``not low <= nan`` is True). Traced values and schedules are
+    not checked: their values are unknown until the step runs.
+    """
+    number = concrete_value(value)
+    if number is None:
+        return
+    if isinstance(number, complex) or isinstance(number, bool):
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
+    if not low <= number or (high is not None and not number <= high):
+        valid = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a number {valid})")
+
+
+def is_static_zero(value: Any) -> bool:
+    """True when ``value`` is a plain Python/NumPy number equal to zero.
+
+    Used to decide structure (is a buffer needed?) the same way in ``init`` and
+    ``update``: any jax array, traced or not, counts as "may be non-zero".
+    """
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return value == 0
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return bool(value == 0)
+    return False
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    return "".join(str(k) for k in path) or "<root>"
+
+
+def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against: str) -> None:
+    """Raises ``ValueError`` naming the first path where ``given`` differs from ``expected``.
+
+    Both structure (keys, lengths, node types) and leaf shapes are compared, so a
+    mismatch is reported in the user's terms instead of as an XLA shape error.
+    """
+    expected_leaves, expected_def = jax.tree_util.tree_flatten_with_path(expected)
+    given_leaves, given_def = jax.tree_util.tree_flatten_with_path(given)
+    if expected_def != given_def:
+        for (p_exp, _), (p_given, _) in zip(expected_leaves, given_leaves):
+            if p_exp != p_given:
+                raise ValueError(
+                    f"{what} do not match {against}: first difference at "
+                    f"{_path_name(p_given)} (expected {_path_name(p_exp)})"
+                )
+        longer, side = (
+            (expected_leaves, "missing from " + what)
+            if len(expected_leaves) > len(given_leaves)
+            else (given_leaves, "unexpected in " + what)
+        )
+        common = min(len(expected_leaves), len(given_leaves))
+        if len(expected_leaves) != len(given_leaves):
+            raise ValueError(
+                f"{what} do not match {against}: {_path_name(longer[common][0])} is {side}"
+            )
+        raise ValueError(
+            f"{what} do not match {against}: tree structure differs "
+            f"(expected {expected_def}, got {given_def})"
+        )
+    for (path, exp), (_, giv) in zip(expected_leaves, given_leaves):
+        if np.shape(exp) != np.shape(giv):
+            raise ValueError(
+                f"{what} do not match {against}: {_path_name(path)} has shape "
+                f"{np.shape(giv)}, expected {np.shape(exp)}"
+            )
