@@ -1,5 +1,6 @@
 """lucid_fx: functional optimizer transforms for JAX, starting with RMSprop."""
 
+from lucid_fx.autodiff import Parameter, backward, parameters
 from lucid_fx.base import (
     EmptyState,
     GradientTransformation,
@@ -8,18 +9,26 @@ from lucid_fx.base import (
     identity,
 )
 from lucid_fx.clipping import clip_by_global_norm, global_norm
+from lucid_fx.optimizer import Optimizer, RemovableHandle
 from lucid_fx.rmsprop import RMSpropState, rmsprop
+from lucid_fx.rmsprop_optimizer import RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EmptyState",
     "GradientTransformation",
+    "Optimizer",
+    "Parameter",
+    "RMSprop",
     "RMSpropState",
+    "RemovableHandle",
     "apply_updates",
+    "backward",
     "chain",
     "clip_by_global_norm",
     "global_norm",
     "identity",
+    "parameters",
     "rmsprop",
 ]
