@@ -70,6 +70,7 @@ class Optimizer:
 
     transform: Callable[..., GradientTransformation]
     structural_zeros: Mapping[str, str] = {}
+    skip_flag: str | None = None
 
     def __init__(self, params: Iterable[Parameter] | Iterable[ParamGroup], *args: Any, **kwargs: Any):
         signature = inspect.signature(type(self).transform)
@@ -231,7 +232,7 @@ class Optimizer:
         if not any(owners):
             return
         new_values, new_states = _compiled_step(
-            type(self).transform, tuple(statics), hypers, values, grads, states
+            type(self).transform, tuple(statics), self.skip_flag, hypers, values, grads, states
         )
         for active, vals, sts in zip(owners, new_values, new_states):
             for p, v, s in zip(active, vals, sts):
@@ -403,12 +404,14 @@ def _fields(state: _ParamState) -> dict[str, Any]:
 
 
 def _check_grad(p: Parameter) -> None:
-    g = p.grad
-    if tuple(np.shape(g)) != p.shape:
-        raise ValueError(f"{p!r} has a gradient of shape {tuple(np.shape(g))}; expected {p.shape}")
-    if jnp.result_type(g) != p.dtype:
+    g, value = p.grad, p.value
+    if not isinstance(g, jax.Array):
+        raise TypeError(f"{p!r} has a .grad of type {type(g).__name__}; expected a jax.Array")
+    if g.shape != value.shape:
+        raise ValueError(f"{p!r} has a gradient of shape {tuple(g.shape)}; expected {p.shape}")
+    if g.dtype != value.dtype:
         raise ValueError(
-            f"{p!r} has a gradient of dtype {jnp.result_type(g)}; expected {p.dtype} "
+            f"{p!r} has a gradient of dtype {g.dtype}; expected {p.dtype} "
             f"(cast the gradient, or the loss inputs, to the parameter's dtype)"
         )
 
@@ -440,10 +443,11 @@ def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, 
     return kwargs
 
 
-@jax.jit(static_argnums=(0, 1), donate_argnums=(3, 5))
+@jax.jit(static_argnums=(0, 1, 2), donate_argnums=(4, 6))
 def _compiled_step(
     factory: Callable[..., GradientTransformation],
     statics: tuple[tuple[tuple[str, Any], ...], ...],
+    skip_flag: str | None,
     hypers: list[dict[str, jax.Array]],
     values: list[list[jax.Array]],
     grads: list[list[jax.Array]],
@@ -456,6 +460,17 @@ def _compiled_step(
     transform's fresh ``init``; a buffer the configuration does not use (grad_avg
     after ``centered`` is turned off) is carried through unchanged.
     """
+    skipping = [bool(dict(static).get(skip_flag, False)) for static in statics]
+    if any(skipping):
+        # One non-finite gradient anywhere poisons every gradient of the skipping
+        # groups, so each parameter's own check skips (and counts) this step.
+        finite = jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(g)) for skip, grs in zip(skipping, grads) if skip for g in grs]
+        ))
+        grads = [
+            [jnp.where(finite, g, jnp.nan) for g in grs] if skip else grs
+            for skip, grs in zip(skipping, grads)
+        ]
     new_values, new_states = [], []
     for static, hyper, vals, grs, sts in zip(statics, hypers, values, grads, states):
         tx = factory(**dict(static), **hyper)

@@ -57,6 +57,7 @@ class RMSprop(Optimizer):
 
     transform = staticmethod(rmsprop)
     structural_zeros = {"momentum": "momentum_buffer"}
+    skip_flag = "skip_nonfinite"
 
 
 # The page's signature for help() and IDEs, taken from the factory: defaults live there.
