@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.base import PyTree
+from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
 
 
 class Parameter:
@@ -29,7 +30,10 @@ class Parameter:
 
     The value is copied at construction, so the optimizer may update it in place
     (donate its buffer) without invalidating an array the caller still holds.
-    Parameters compare and hash by identity, like ``torch.nn.Parameter``.
+    Once an optimizer holds the Parameter, its value and gradient may live in
+    the optimizer's packed storage (:mod:`lucid_fx.packing`); reading and
+    writing ``.value`` and ``.grad`` work the same, but the shape and dtype of
+    the value are then fixed. Parameters compare and hash by identity.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -38,19 +42,43 @@ class Parameter:
       (Parameter(shape=(2, 3), dtype=float32), True)
     """
 
-    __slots__ = ("value", "grad", "__weakref__")
+    __slots__ = ("_value", "_grad", "_pack", "_slot", "__weakref__")
 
     def __init__(self, value: Any) -> None:
-        self.value: jax.Array = jnp.array(value, copy=True)
-        self.grad: jax.Array | None = None
+        self._value: jax.Array | None = jnp.array(value, copy=True)
+        self._grad: jax.Array | None = None
+        self._pack: ParamPack | None = None
+        self._slot = 0
+
+    @property
+    def value(self) -> jax.Array:
+        return self._value if self._pack is None else self._pack.value_of(self._slot)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if self._pack is None:
+            self._value = jnp.asarray(value)
+        else:
+            self._pack.set_value(self._slot, value)
+
+    @property
+    def grad(self) -> jax.Array | None:
+        return self._grad if self._pack is None else self._pack.grad_of(self._slot)
+
+    @grad.setter
+    def grad(self, grad: jax.Array | None) -> None:
+        if self._pack is None:
+            self._grad = grad
+        else:
+            self._pack.set_grad(self._slot, grad)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape)
+        return tuple(self.value.shape) if self._pack is None else self._pack.layout.shapes[self._slot]
 
     @property
     def dtype(self) -> np.dtype:
-        return self.value.dtype
+        return self.value.dtype if self._pack is None else self._pack.layout.dtype
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -82,37 +110,54 @@ def _descent_grad(g: jax.Array) -> jax.Array:
     return jnp.conj(g) if jnp.iscomplexobj(g) else g
 
 
-@jax.jit(static_argnums=(0, 1, 2))
+@jax.jit(static_argnums=(0, 1, 2, 3), donate_argnums=(8,))
 def _value_and_accumulated_grad(
     loss_fn: Callable[..., jax.Array],
     treedef: Any,
     layout: tuple[tuple[str, Any], ...],
+    pack_layouts: tuple[PackLayout, ...],
     values: list[jax.Array],
+    buffers: list[jax.Array],
     arrays: dict[int, Any],
     old_grads: list[jax.Array | None],
+    old_pack_grads: list[jax.Array | None],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> tuple[jax.Array, list[jax.Array]]:
-    """Loss and ``old_grads + ∂loss/∂values``, compiled once per function and shapes.
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """Loss and old gradients plus new ones, compiled once per function and shapes.
 
     ``layout[i]`` says what leaf ``i`` of the tree is: ``("param", k)`` the k-th
-    differentiated value (tied Parameters share k), ``("array", None)`` a
-    constant in ``arrays[i]``, ``("static", x)`` the Python value x.
+    differentiated value (tied Parameters share k), ``("packed", (j, slot))`` a
+    slot of the j-th packed buffer, ``("array", None)`` a constant in
+    ``arrays[i]``, ``("static", x)`` the Python value x. Packed Parameters are
+    differentiated through their whole buffer, so their gradient comes back as
+    one buffer too.
     """
 
-    def loss_of(vals: list[jax.Array]) -> jax.Array:
+    def loss_of(vals: list[jax.Array], views: list[list[jax.Array]]) -> jax.Array:
         leaves = [
-            vals[x] if kind == "param" else arrays[i] if kind == "array" else x
+            vals[x] if kind == "param"
+            else views[x[0]][x[1]] if kind == "packed"
+            else arrays[i] if kind == "array"
+            else x
             for i, (kind, x) in enumerate(layout)
         ]
         return loss_fn(jax.tree.unflatten(treedef, leaves), *args, **kwargs)
 
-    loss, grads = jax.value_and_grad(loss_of)(values)
-    summed = [
-        _descent_grad(g) if old is None else old + _descent_grad(g)
-        for g, old in zip(grads, old_grads)
-    ]
-    return loss, summed
+    # Differentiate w.r.t. the unpacked views and concatenate their gradients:
+    # differentiating through the slices would add one full-size buffer per slice.
+    views = [unpack(b, pl) for b, pl in zip(buffers, pack_layouts)]
+    loss, (grads, view_grads) = jax.value_and_grad(loss_of, argnums=(0, 1))(values, views)
+    pack_grads = [pack(g, pl) for g, pl in zip(view_grads, pack_layouts)]
+
+    def accumulate(g: jax.Array, old: jax.Array | None) -> jax.Array:
+        return _descent_grad(g) if old is None else old + _descent_grad(g)
+
+    return (
+        loss,
+        [accumulate(g, old) for g, old in zip(grads, old_grads)],
+        [accumulate(g, old) for g, old in zip(pack_grads, old_pack_grads)],
+    )
 
 
 def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwargs: Any) -> jax.Array:
@@ -124,6 +169,7 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
     values (they must be hashable). Gradients accumulate across calls, as
     torch's ``loss.backward()`` does, until ``optimizer.zero_grad()``. The loss
     must be a real scalar. Compiled once per ``loss_fn`` and shapes/dtypes/structure.
+    Complex Parameters get torch's convention: ``.grad`` points uphill.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -134,39 +180,56 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
       24.0
     """
     leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_parameter)
-    params: list[Parameter] = []
-    index_of: dict[int, int] = {}
+    plain: list[Parameter] = []
+    plain_index: dict[int, int] = {}
+    packs: list[ParamPack] = []
+    pack_index: dict[int, int] = {}
     arrays: dict[int, Any] = {}
     layout: list[tuple[str, Any]] = []
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, Parameter):
-            if id(leaf) not in index_of:
-                index_of[id(leaf)] = len(params)
-                params.append(leaf)
-            layout.append(("param", index_of[id(leaf)]))
+            holder = leaf._pack
+            if holder is not None:
+                j = pack_index.setdefault(id(holder), len(packs))
+                if j == len(packs):
+                    packs.append(holder)
+                layout.append(("packed", (j, leaf._slot)))
+                continue
+            k = plain_index.setdefault(id(leaf), len(plain))
+            if k == len(plain):
+                if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                    raise TypeError(
+                        f"backward: {leaf!r} is not floating point; only float or complex "
+                        f"Parameters have gradients"
+                    )
+                plain.append(leaf)
+            layout.append(("param", k))
         elif isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
             arrays[i] = leaf
             layout.append(("array", None))
         else:
             layout.append(("static", leaf))
-    if not params:
+    if not plain and not packs:
         raise ValueError("backward: the tree holds no Parameter to differentiate")
-    for p in params:
-        if not jnp.issubdtype(p.value.dtype, jnp.inexact):
-            raise TypeError(
-                f"backward: {p!r} is not floating point; only float or complex "
-                f"Parameters have gradients"
-            )
-    loss, grads = _value_and_accumulated_grad(
+    loss, grads, pack_grads = _value_and_accumulated_grad(
         loss_fn,
         treedef,
         tuple(layout),
-        [p.value for p in params],
+        tuple(holder.layout for holder in packs),
+        [p.value for p in plain],
+        [holder.buffer for holder in packs],
         arrays,
-        [p.grad for p in params],
+        [p.grad for p in plain],
+        [holder.folded_grad() for holder in packs],
         args,
         kwargs,
     )
-    for p, g in zip(params, grads):
+    for p, g in zip(plain, grads):
         p.grad = g
+    used = [np.zeros(len(holder.layout), bool) for holder in packs]
+    for kind, x in layout:
+        if kind == "packed":
+            used[x[0]][x[1]] = True
+    for holder, g, slots in zip(packs, pack_grads, used):
+        holder.set_grad_buffer(g, slots)
     return loss

@@ -3,22 +3,28 @@
 ``Optimizer`` owns everything that is not math: parameter groups, lazily created
 per-parameter state, ``zero_grad``, ``step(closure)``, state dicts and hooks.
 The math comes from a transform factory (``fx.rmsprop`` for ``fx.RMSprop``):
-each step calls ``factory(**hyperparameters).update`` inside one compiled
-function for all groups and parameters. Numeric hyper-parameters enter that
-function as arrays, so writing ``param_groups[i]["lr"] = ...`` takes effect at
-the next step without recompiling; parameter values and state are donated, so a
-step updates them in place.
+each step calls ``factory(**hyperparameters).update`` inside one compiled,
+donated function for all groups and parameters.
+
+Two choices make that fast. Numeric hyper-parameters enter the compiled step as
+arrays, so writing ``param_groups[i]["lr"] = ...`` takes effect at the next step
+without recompiling. And the optimizer keeps the small same-dtype Parameters of
+a group in one packed buffer (:mod:`lucid_fx.packing`), with their gradients
+and state packed alike, so a step moves a few arrays across the jit boundary
+instead of several per parameter; ``fx.backward`` differentiates the packed
+buffer directly.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
-import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +32,16 @@ import numpy as np
 
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
+from lucid_fx.packing import PackLayout, ParamPack, slot_mask
 
 ParamGroup: TypeAlias = dict[str, Any]  # {"params": [Parameter, ...], "lr": ..., ...}
 StateDict: TypeAlias = dict[str, Any]
 Closure: TypeAlias = Callable[[], Any]
-_ParamState: TypeAlias = Any  # the factory's state NamedTuple for one parameter
+PackState: TypeAlias = Any  # the factory's state NamedTuple over one pack's buffer
+
+# Parameters up to this many elements share packed buffers; larger ones keep
+# their own array, so reading their ``.value`` never copies.
+PACK_MAX_ELEMENTS = 1 << 16
 
 
 class RemovableHandle:
@@ -53,7 +64,22 @@ def _is_static(value: Any) -> bool:
 
 def _as_hyper_array(value: Any) -> jax.Array:
     # float64 when x64 is on, so float64 parameters see their exact hyper-parameters.
-    return jnp.asarray(value, dtype=jnp.result_type(float))
+    dtype = jnp.result_type(float)
+    if isinstance(value, (int, float, np.number)):
+        return _cached_hyper_array(value, type(value), dtype)
+    return jnp.asarray(value, dtype=dtype)
+
+
+@lru_cache(maxsize=4096)
+def _cached_hyper_array(value: Any, kind: type, dtype: np.dtype) -> jax.Array:
+    # Steps reuse one device scalar per distinct value instead of a transfer each.
+    del kind  # part of the key only: 1 and 1.0 hash alike
+    return jnp.asarray(value, dtype=dtype)
+
+
+def _packable(p: Parameter) -> bool:
+    value = p.value
+    return value.size <= PACK_MAX_ELEMENTS and len(value.sharding.device_set) == 1
 
 
 class Optimizer:
@@ -63,9 +89,14 @@ class Optimizer:
     arguments (and their defaults) are the hyper-parameters. Hyper-parameters in
     ``structural_zeros`` (name -> state field) are compiled out while they are 0
     and no parameter of the group holds that field yet (momentum's buffer).
+    ``skip_flag`` names the boolean hyper-parameter with which the transform
+    skips a step on non-finite gradients; the optimizer makes that decision
+    step-wide, so one bad gradient skips every parameter of those groups.
 
-    The factory's state for one parameter must be a NamedTuple of arrays (or
-    ``None`` for unused fields); its field names are the state-dict keys.
+    The factory's state must be a NamedTuple with an int32 ``step`` count and
+    arrays shaped like the parameter (or ``None`` for unused fields); its field
+    names are the state-dict keys. A schedule for ``lr`` is not accepted here:
+    write the new value into ``param_groups`` instead, as torch schedulers do.
     """
 
     transform: Callable[..., GradientTransformation]
@@ -79,7 +110,9 @@ class Optimizer:
         self.defaults: dict[str, Any] = dict(bound.arguments)
         self._check_hyperparameters(self.defaults)
         self.param_groups: list[ParamGroup] = []
-        self._state: dict[Parameter, _ParamState] = {}
+        self._packs: list[list[ParamPack]] = []  # per group
+        self._pack_state: dict[ParamPack, PackState] = {}
+        self._initialized: dict[ParamPack, np.ndarray] = {}  # slots that have state
         self._step_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
@@ -107,6 +140,12 @@ class Optimizer:
     def _check_hyperparameters(self, hyper: Mapping[str, Any]) -> None:
         # The factory validates its arguments: calling it is the one shared check.
         type(self).transform(**hyper)
+        if callable(hyper.get("lr")):
+            raise ValueError(
+                "a stateful optimizer takes a number for lr, not a schedule: write the "
+                "scheduled value into optimizer.param_groups[i]['lr'] before each step "
+                "(no recompilation), or use the functional fx.rmsprop(lr=schedule)"
+            )
 
     def add_param_group(self, param_group: ParamGroup) -> None:
         """Adds a group: ``{"params": [...], **hyper-parameters}``; missing keys take defaults."""
@@ -137,25 +176,73 @@ class Optimizer:
                     f"optimizer can only optimize fx.Parameter objects, but params[{i}] is a "
                     f"{type(p).__name__}: wrap arrays in fx.Parameter(...)"
                 )
-            if not jnp.issubdtype(p.value.dtype, jnp.inexact):
+            if not jnp.issubdtype(p.dtype, jnp.inexact):
                 raise TypeError(
                     f"optimizer can only optimize floating-point Parameters, but params[{i}] "
-                    f"has dtype {p.value.dtype}: cast its value or leave it out"
+                    f"has dtype {p.dtype}: cast its value or leave it out"
                 )
             if id(p) in seen:
                 raise ValueError(
                     f"params[{i}] {p!r} appears more than once (in this group or an earlier "
                     f"one); each Parameter may be optimized by one group only"
                 )
+            owner = p._pack.owner() if p._pack is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"params[{i}] {p!r} is already held by another live optimizer; "
+                    f"delete that optimizer first (del old_optimizer) or use one optimizer "
+                    f"with several param groups"
+                )
             seen.add(id(p))
         group = {**self.defaults, **param_group, "params": params}
         self._check_hyperparameters({k: v for k, v in group.items() if k != "params"})
         self.param_groups.append(group)
+        self._packs.append(self._make_packs(params))
+
+    def _make_packs(self, params: list[Parameter]) -> list[ParamPack]:
+        """Moves ``params`` into packed storage: small ones share a buffer per dtype."""
+        for p in params:
+            if p._pack is not None:  # left behind by an optimizer that no longer exists
+                value, grad = p.value, p.grad
+                p._pack, p._value, p._grad = None, value, grad
+        by_dtype: dict[np.dtype, list[Parameter]] = {}
+        packs = []
+        for p in params:
+            if _packable(p):
+                by_dtype.setdefault(p.dtype, []).append(p)
+            else:
+                packs.append(ParamPack([p], flat=False))
+        packs.extend(ParamPack(members) for members in by_dtype.values())
+        for pack in packs:
+            pack.owner = weakref.ref(self)
+            for slot, p in enumerate(pack.params):
+                grad = p._grad
+                p._pack, p._slot, p._value, p._grad = pack, slot, None, None
+                if grad is not None:
+                    p.grad = grad
+            self._initialized[pack] = np.zeros(len(pack.params), bool)
+        return packs
 
     @property
     def state(self) -> Mapping[Parameter, dict[str, jax.Array]]:
         """Parameter -> its state as a dict (torch's keys); a read-only snapshot."""
-        return MappingProxyType({p: _fields(s) for p, s in self._state.items()})
+        return MappingProxyType(
+            {p: {k: jnp.asarray(v) for k, v in entry.items()} for p, entry in self._param_states()}
+        )
+
+    def _param_states(self) -> list[tuple[Parameter, dict[str, np.ndarray]]]:
+        """(Parameter, its state as host arrays) for each Parameter that has state."""
+        result = []
+        for packs in self._packs:
+            for pack in packs:
+                state = self._pack_state.get(pack)
+                if state is None:
+                    continue
+                fields = {k: np.asarray(jax.device_get(v)) for k, v in _fields(state).items()}
+                kinds = _field_kinds(type(self).transform)
+                for slot in np.flatnonzero(self._initialized[pack]):
+                    result.append((pack.params[slot], _slot_entry(fields, pack.layout, slot, kinds)))
+        return result
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -169,13 +256,13 @@ class Optimizer:
     # ----- gradients and steps ------------------------------------------------------
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clears every ``.grad``: to ``None`` (default) or to zeros of the value's shape."""
-        for group in self.param_groups:
-            for p in group["params"]:
+        """Clears every ``.grad``: to ``None`` (default) or, if set, to zeros."""
+        for packs in self._packs:
+            for pack in packs:
                 if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad = jnp.zeros_like(p.value)
+                    pack.clear_grad()
+                else:
+                    pack.zero_grad_in_place()
 
     def step(self, closure: Closure | None = None) -> Any:
         """One optimization step over every Parameter whose ``.grad`` is set.
@@ -198,7 +285,9 @@ class Optimizer:
             hook(self, args, kwargs)
         return loss
 
-    def _group_call(self, group: ParamGroup) -> tuple[tuple[tuple[str, Any], ...], dict[str, jax.Array]]:
+    def _group_call(
+        self, group: ParamGroup, packs: list[ParamPack]
+    ) -> tuple[tuple[tuple[str, Any], ...], dict[str, jax.Array]]:
         """Splits a group's hyper-parameters into the compile key and the traced arrays."""
         self._check_hyperparameters({k: v for k, v in group.items() if k != "params"})
         static: list[tuple[str, Any]] = []
@@ -206,10 +295,10 @@ class Optimizer:
         for name in self.defaults:
             value = group[name]
             field = self.structural_zeros.get(name)
-            if _is_static(value) or callable(value):
+            if _is_static(value):
                 static.append((name, value))
             elif field is not None and value == 0 and not any(
-                getattr(self._state.get(p), field, None) is not None for p in group["params"]
+                getattr(self._pack_state.get(pack), field, None) is not None for pack in packs
             ):
                 static.append((name, 0))
             else:
@@ -217,27 +306,32 @@ class Optimizer:
         return tuple(static), arrays
 
     def _apply_step(self) -> None:
-        statics, hypers, values, grads, states, owners = [], [], [], [], [], []
-        for group in self.param_groups:
-            active = [p for p in group["params"] if p.grad is not None]
-            for p in active:
-                _check_grad(p)
-            static, arrays = self._group_call(group)
-            statics.append(static)
+        # Everything is checked before anything changes: a failed step leaves no trace.
+        for packs in self._packs:
+            for pack in packs:
+                for slot, grad in pack.grad_overrides.items():
+                    _check_grad(pack.params[slot], grad, pack.layout, slot)
+        keys, hypers, buffers, grads, states, masks, active = [], [], [], [], [], [], []
+        for group, packs in zip(self.param_groups, self._packs):
+            static, arrays = self._group_call(group, packs)
+            stepping = [pack for pack in packs if pack.has_grad.any()]
+            keys.append((static, tuple((pack.layout, not pack.has_grad.all()) for pack in stepping)))
             hypers.append(arrays)
-            values.append([p.value for p in active])
-            grads.append([p.grad for p in active])
-            states.append([self._state.get(p) for p in active])
-            owners.append(active)
-        if not any(owners):
+            buffers.append([pack.buffer for pack in stepping])
+            grads.append([pack.folded_grad() for pack in stepping])
+            states.append([self._pack_state.get(pack) for pack in stepping])
+            masks.append([None if pack.has_grad.all() else pack.has_grad.copy() for pack in stepping])
+            active.append(stepping)
+        if not any(active):
             return
-        new_values, new_states = _compiled_step(
-            type(self).transform, tuple(statics), self.skip_flag, hypers, values, grads, states
+        new_buffers, new_states = _compiled_step(
+            type(self).transform, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks
         )
-        for active, vals, sts in zip(owners, new_values, new_states):
-            for p, v, s in zip(active, vals, sts):
-                p.value = v
-                self._state[p] = s
+        for stepping, group_buffers, group_states in zip(active, new_buffers, new_states):
+            for pack, buffer, state in zip(stepping, group_buffers, group_states):
+                pack.set_buffer(buffer)
+                self._pack_state[pack] = state
+                self._initialized[pack] |= pack.has_grad
 
     # ----- state dicts --------------------------------------------------------------
 
@@ -253,11 +347,7 @@ class Optimizer:
         for hook in list(self._state_dict_pre_hooks.values()):
             hook(self)
         index = {id(p): i for i, p in enumerate(self._indexed_params())}
-        state = {
-            index[id(p)]: {k: np.asarray(jax.device_get(v)) for k, v in _fields(s).items()}
-            for p, s in self._state.items()
-        }
-        state = dict(sorted(state.items()))
+        state = dict(sorted((index[id(p)], entry) for p, entry in self._param_states()))
         groups = []
         for group in self.param_groups:
             entry = {k: v for k, v in group.items() if k != "params"}
@@ -281,14 +371,20 @@ class Optimizer:
             returned = hook(self, state_dict)
             if returned is not None:
                 state_dict = returned
-        new_groups, new_state = self._validated(state_dict)
+        new_groups, entries = self._validated(state_dict)
+        new_pack_state, new_initialized = {}, {}
+        for packs in self._packs:
+            for pack in packs:
+                state, initialized = self._pack_state_from_entries(pack, entries)
+                new_pack_state[pack], new_initialized[pack] = state, initialized
         for group, hyper in zip(self.param_groups, new_groups):
             group.update(hyper)
-        self._state = new_state
+        self._pack_state = {k: v for k, v in new_pack_state.items() if v is not None}
+        self._initialized = new_initialized
         for hook in list(self._load_post_hooks.values()):
             hook(self)
 
-    def _validated(self, sd: Any) -> tuple[list[dict[str, Any]], dict[Parameter, _ParamState]]:
+    def _validated(self, sd: Any) -> tuple[list[dict[str, Any]], dict[Parameter, dict[str, np.ndarray]]]:
         if not isinstance(sd, Mapping) or set(sd) != {"state", "param_groups"}:
             keys = sorted(sd) if isinstance(sd, Mapping) else type(sd).__name__
             raise ValueError(
@@ -319,50 +415,65 @@ class Optimizer:
         index_to_param: dict[Any, Parameter] = {}
         for saved, group in zip(saved_groups, self.param_groups):
             index_to_param.update(zip(saved["params"], group["params"]))
-        new_state: dict[Parameter, _ParamState] = {}
+        entries: dict[Parameter, dict[str, np.ndarray]] = {}
         for index, entry in sd["state"].items():
             if index not in index_to_param:
                 raise ValueError(f"state[{index!r}] names no parameter of the state dict's groups")
-            new_state[index_to_param[index]] = self._state_from_entry(
-                index_to_param[index], entry, where=f"state[{index!r}]"
-            )
-        return new_groups, new_state
+            p = index_to_param[index]
+            entries[p] = self._checked_entry(p, entry, where=f"state[{index!r}]")
+        return new_groups, entries
 
-    def _state_from_entry(self, p: Parameter, entry: Any, *, where: str) -> _ParamState:
-        """The factory's state for ``p`` built from a saved dict, checked against a fresh one."""
+    def _checked_entry(self, p: Parameter, entry: Any, *, where: str) -> dict[str, np.ndarray]:
+        """A saved per-parameter dict as host arrays, checked against the state's template."""
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a dict of arrays, got {type(entry).__name__}")
-        template = _full_template(type(self).transform, p)
-        known = set(template._fields)
-        unknown = set(entry) - known
+        template = _template(type(self).transform, p.shape, p.dtype)
+        unknown = set(entry) - set(template)
         if unknown:
-            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        required = {f for f in _required_fields(type(self).transform, p)}
-        missing = required - set(entry)
+            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; known: {sorted(template)}")
+        missing = _required_fields(type(self).transform, p.shape, p.dtype) - set(entry)
         if missing:
             raise ValueError(f"{where} is missing key(s) {sorted(missing)}")
-        sharding = getattr(p.value, "sharding", None)
+        checked = {}
+        for name, value in entry.items():
+            shape, dtype = template[name]
+            array = np.asarray(value)
+            if array.shape != shape:
+                raise ValueError(f"{where}[{name!r}] has shape {array.shape}, expected {shape}")
+            if array.dtype != dtype:
+                raise ValueError(f"{where}[{name!r}] has dtype {array.dtype}, expected {dtype}")
+            checked[name] = array
+        return checked
+
+    def _pack_state_from_entries(
+        self, pack: ParamPack, entries: Mapping[Parameter, dict[str, np.ndarray]]
+    ) -> tuple[PackState | None, np.ndarray]:
+        """One pack's state assembled from per-parameter entries (zeros where absent)."""
+        initialized = np.array([p in entries for p in pack.params])
+        if not initialized.any():
+            return None, initialized
         fields = {}
-        for name in template._fields:
-            if name not in entry:
+        for name, kind in _field_kinds(type(self).transform).items():
+            present = [(slot, entries[p][name]) for slot, p in enumerate(pack.params)
+                       if p in entries and name in entries[p]]
+            if not present:
                 fields[name] = None
-                continue
-            expected = getattr(template, name)
-            array = np.asarray(entry[name])
-            if array.shape != tuple(expected.shape):
-                raise ValueError(
-                    f"{where}[{name!r}] has shape {array.shape}, expected {tuple(expected.shape)}"
-                )
-            if array.dtype != expected.dtype:
-                raise ValueError(
-                    f"{where}[{name!r}] has dtype {array.dtype}, expected {expected.dtype}"
-                )
-            fields[name] = array
-        placed = {
-            name: None if a is None else jax.device_put(a, sharding if a.shape == p.shape else None)
-            for name, a in fields.items()
-        }
-        return type(template)(**placed)
+            elif kind == "step":
+                steps = np.zeros(len(pack.params), present[0][1].dtype)
+                for slot, value in present:
+                    steps[slot] = value
+                fields[name] = jax.device_put(steps)
+            elif kind == "counter":  # one per pack: the largest saved count
+                fields[name] = jax.device_put(max((v for _, v in present), key=int))
+            else:
+                dtype = present[0][1].dtype
+                buffer = np.zeros(pack.layout.buffer_shape, dtype)
+                flat = buffer.reshape(-1)
+                for slot, value in present:
+                    start = pack.layout.offsets[slot]
+                    flat[start:start + value.size] = value.reshape(-1)
+                fields[name] = jax.device_put(buffer, pack.buffer.sharding)
+        return _state_type(type(self).transform)(**fields), initialized
 
     # ----- hooks --------------------------------------------------------------------
 
@@ -399,71 +510,118 @@ class Optimizer:
 # ----- helpers shared by step and load -----------------------------------------------
 
 
-def _fields(state: _ParamState) -> dict[str, Any]:
+def _fields(state: PackState) -> dict[str, Any]:
     return {k: v for k, v in state._asdict().items() if v is not None}
 
 
-def _check_grad(p: Parameter) -> None:
-    g, value = p.grad, p.value
+def _slot_entry(
+    fields: dict[str, np.ndarray], layout: PackLayout, slot: int, kinds: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """One parameter's state dict cut from a pack's host arrays."""
+    entry = {}
+    for name, value in fields.items():
+        if kinds[name] == "step":
+            entry[name] = value[slot]
+        elif kinds[name] == "counter":
+            entry[name] = value
+        else:
+            start, size = layout.offsets[slot], layout.sizes[slot]
+            entry[name] = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
+    return entry
+
+
+def _check_grad(p: Parameter, g: Any, layout: PackLayout, slot: int) -> None:
+    shape, dtype = layout.shapes[slot], layout.dtype
     if not isinstance(g, jax.Array):
         raise TypeError(f"{p!r} has a .grad of type {type(g).__name__}; expected a jax.Array")
-    if g.shape != value.shape:
-        raise ValueError(f"{p!r} has a gradient of shape {tuple(g.shape)}; expected {p.shape}")
-    if g.dtype != value.dtype:
+    if g.shape != shape:
+        raise ValueError(f"{p!r} has a gradient of shape {tuple(g.shape)}; expected {shape}")
+    if g.dtype != dtype:
         raise ValueError(
-            f"{p!r} has a gradient of dtype {g.dtype}; expected {p.dtype} "
+            f"{p!r} has a gradient of dtype {g.dtype}; expected {dtype} "
             f"(cast the gradient, or the loss inputs, to the parameter's dtype)"
         )
 
 
-def _abstract(p: Parameter) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(p.shape, p.dtype)
-
-
-def _full_template(factory: Callable[..., GradientTransformation], p: Parameter) -> Any:
-    """The state shape with every optional field on (all hyper-parameters as arrays)."""
-    kwargs = _all_on_kwargs(factory)
-    return jax.eval_shape(lambda: factory(**kwargs).init(jnp.zeros(p.shape, p.dtype)))
-
-
-def _required_fields(factory: Callable[..., GradientTransformation], p: Parameter) -> set[str]:
-    """Fields present in every configuration: those of the all-defaults state."""
-    state = jax.eval_shape(lambda: factory().init(jnp.zeros(p.shape, p.dtype)))
-    return set(_fields(state))
-
-
 def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, Any]:
+    """Arguments that switch every optional state field on (numbers as arrays)."""
     kwargs: dict[str, Any] = {}
     for name, param in inspect.signature(factory).parameters.items():
         default = param.default
         if isinstance(default, bool):
             kwargs[name] = True
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            kwargs[name] = jnp.asarray(0.5)  # an array, so structure-affecting buffers exist
+        elif isinstance(default, (int, float)):
+            kwargs[name] = jnp.asarray(0.5)
     return kwargs
+
+
+@lru_cache(maxsize=None)
+def _template(
+    factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Field -> (shape, dtype) of one parameter's state with every optional field on."""
+    kwargs = _all_on_kwargs(factory)
+    state = jax.eval_shape(lambda: factory(**kwargs).init(jnp.zeros(shape, dtype)))
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _fields(state).items()}
+
+
+@lru_cache(maxsize=None)
+def _required_fields(
+    factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
+) -> frozenset[str]:
+    """Fields present in every configuration: those of the all-defaults state."""
+    return frozenset(_fields(jax.eval_shape(lambda: factory().init(jnp.zeros(shape, dtype)))))
+
+
+@lru_cache(maxsize=None)
+def _state_type(factory: Callable[..., GradientTransformation]) -> type:
+    return type(jax.eval_shape(lambda: factory().init(jnp.zeros(()))))
+
+
+@lru_cache(maxsize=None)
+def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, str]:
+    """Each state field's kind: ``step`` (one count per parameter of a pack),
+    ``counter`` (a scalar per pack, e.g. skipped steps) or ``buffer`` (parameter-shaped)."""
+    shapes = _template(factory, (2,), np.dtype(np.float32))
+    return {
+        name: "step" if name == "step" else "counter" if shapes.get(name, ((2,),))[0] == () else "buffer"
+        for name in _state_type(factory)._fields
+    }
+
+
+def _masked(mask: jax.Array | None, layout: PackLayout, kind: str, new: Any, old: Any) -> Any:
+    """``new`` where the slot stepped, ``old`` elsewhere."""
+    if mask is None or old is None or new is None or kind == "counter":
+        return new
+    if kind == "step":
+        return jnp.where(mask, new, old)
+    return jnp.where(slot_mask(mask, layout).reshape(new.shape), new, old)
 
 
 @jax.jit(static_argnums=(0, 1, 2), donate_argnums=(4, 6))
 def _compiled_step(
     factory: Callable[..., GradientTransformation],
-    statics: tuple[tuple[tuple[str, Any], ...], ...],
+    keys: tuple[tuple[tuple[tuple[str, Any], ...], tuple[tuple[PackLayout, bool], ...]], ...],
     skip_flag: str | None,
     hypers: list[dict[str, jax.Array]],
-    values: list[list[jax.Array]],
+    buffers: list[list[jax.Array]],
     grads: list[list[jax.Array]],
-    states: list[list[_ParamState | None]],
-) -> tuple[list[list[jax.Array]], list[list[_ParamState]]]:
-    """One step for every group and parameter, traced once per structure.
+    states: list[list[PackState | None]],
+    masks: list[list[jax.Array | None]],
+) -> tuple[list[list[jax.Array]], list[list[PackState]]]:
+    """One step for every group and pack, traced once per structure.
 
-    Each parameter is its own one-leaf problem, so its step count and buffers
-    are its own (torch's per-parameter state). A parameter without state gets the
-    transform's fresh ``init``; a buffer the configuration does not use (grad_avg
-    after ``centered`` is turned off) is carried through unchanged.
+    Each pack is one buffer for the transform, its ``step`` a vector with one
+    count per parameter (torch's per-parameter state). A pack where only some
+    parameters have gradients is stepped whole and the others are masked back.
+    A pack without state gets the transform's fresh ``init``; a buffer that the
+    configuration does not use (``grad_avg`` after ``centered`` is turned off)
+    is carried through unchanged.
     """
-    skipping = [bool(dict(static).get(skip_flag, False)) for static in statics]
+    skipping = [bool(dict(static).get(skip_flag, False)) for static, _ in keys]
     if any(skipping):
         # One non-finite gradient anywhere poisons every gradient of the skipping
-        # groups, so each parameter's own check skips (and counts) this step.
+        # groups, so each pack's own check skips (and counts) this step.
         finite = jnp.all(jnp.asarray(
             [jnp.all(jnp.isfinite(g)) for skip, grs in zip(skipping, grads) if skip for g in grs]
         ))
@@ -471,20 +629,29 @@ def _compiled_step(
             [jnp.where(finite, g, jnp.nan) for g in grs] if skip else grs
             for skip, grs in zip(skipping, grads)
         ]
-    new_values, new_states = [], []
-    for static, hyper, vals, grs, sts in zip(statics, hypers, values, grads, states):
+    kinds = _field_kinds(factory)
+    new_buffers, new_states = [], []
+    for (static, pack_keys), hyper, bufs, grs, sts, mks in zip(
+        keys, hypers, buffers, grads, states, masks
+    ):
         tx = factory(**dict(static), **hyper)
-        group_values, group_states = [], []
-        for v, g, s in zip(vals, grs, sts):
-            fresh = tx.init(v)
-            used = fresh if s is None else type(fresh)(
-                *(None if f is None else (f if o is None else o) for f, o in zip(fresh, s))
+        group_buffers, group_states = [], []
+        for (layout, _), value, g, old, mask in zip(pack_keys, bufs, grs, sts, mks):
+            fresh = tx.init(value)
+            fresh = fresh._replace(step=jnp.zeros(len(layout), fresh.step.dtype))
+            used = fresh if old is None else type(fresh)(
+                *(None if f is None else (f if o is None else o) for f, o in zip(fresh, old))
             )
-            update, new = tx.update(g, used, v)
-            if s is not None:  # re-attach buffers this configuration leaves alone
-                new = type(new)(*(o if n is None else n for n, o in zip(new, s)))
-            group_values.append(apply_updates(v, update))
+            update, new = tx.update(g, used, value)
+            new_value = _masked(mask, layout, "buffer", apply_updates(value, update), value)
+            new = type(new)(*(
+                _masked(mask, layout, kinds[name], n, u)
+                for name, n, u in zip(new._fields, new, used)
+            ))
+            if old is not None:  # re-attach buffers this configuration leaves alone
+                new = type(new)(*(o if n is None else n for n, o in zip(new, old)))
+            group_buffers.append(new_value)
             group_states.append(new)
-        new_values.append(group_values)
+        new_buffers.append(group_buffers)
         new_states.append(group_states)
-    return new_values, new_states
+    return new_buffers, new_states
