@@ -21,6 +21,7 @@ from lucid_fx.base import (
     ScalarOrSchedule,
     Updates,
 )
+from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import check_hyperparameter, check_same_structure, is_static_zero
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -62,9 +63,12 @@ def rmsprop_kernel(
 
     ``weight_decay``/``momentum`` of ``None`` (and ``grad_avg``/``momentum_buffer``
     of ``None``) switch that part off. Arithmetic runs in the wider of the
-    parameter's and the state's dtype; each output keeps its input's dtype.
+    gradient's and the state's dtype, and at least float32 (so that 1 - α keeps
+    its precision for bfloat16/float16); each output keeps its input's dtype.
     """
-    compute = jnp.result_type(grad, square_avg, *([] if grad_avg is None else [grad_avg]))
+    compute = jnp.result_type(
+        grad, square_avg, jnp.float32, *([] if grad_avg is None else [grad_avg])
+    )
     real = jnp.finfo(compute).dtype  # complex64 -> float32, and so on
 
     def hyper(x: Any) -> jax.Array:
@@ -73,10 +77,11 @@ def rmsprop_kernel(
     g = grad.astype(compute)
     if weight_decay is not None:
         g = g + hyper(weight_decay) * param.astype(compute)
-    a = hyper(alpha)
-    v = a * square_avg.astype(real) + (1 - a) * jnp.real(g * jnp.conj(g))
+    # 1 - α from α's own precision: from a rounded α it loses digits (α = 0.999 in float32).
+    a, one_minus_a = hyper(alpha), hyper(1 - alpha)
+    v = a * square_avg.astype(real) + one_minus_a * jnp.real(g * jnp.conj(g))
     if grad_avg is not None:
-        gbar = a * grad_avg.astype(compute) + (1 - a) * g
+        gbar = a * grad_avg.astype(compute) + one_minus_a * g
         # Rounding can push v - |ḡ|² below 0; torch and optax then return NaN.
         variance = jnp.maximum(v - jnp.real(gbar * jnp.conj(gbar)), 0)
         denom = jnp.sqrt(variance) + hyper(eps)
@@ -197,7 +202,7 @@ def rmsprop(
         jax.tree_util.tree_map_with_path(_check_float, params)
 
         def zeros(p: jax.Array, which: int) -> jax.Array:
-            return jnp.zeros(jnp.shape(p), _buffer_dtypes(jnp.result_type(p), state_dtype)[which])
+            return zeros_like_param(p, _buffer_dtypes(jnp.result_type(p), state_dtype)[which])
 
         return RMSpropState(
             step=jnp.zeros((), jnp.int32),

@@ -50,7 +50,7 @@ def is_static_zero(value: Any) -> bool:
     ``update``: any jax array, traced or not, counts as "may be non-zero".
     """
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-        return value == 0
+        return bool(value == 0)
     if isinstance(value, np.ndarray) and value.shape == ():
         return bool(value == 0)
     return False
