@@ -212,7 +212,14 @@ class Optimizer:
                 by_dtype.setdefault(p.dtype, []).append(p)
             else:
                 packs.append(ParamPack([p], flat=False))
-        packs.extend(ParamPack(members) for members in by_dtype.values())
+        for members in by_dtype.values():
+            start, total = 0, 0
+            for end, p in enumerate(members + [None]):
+                if p is None or total + p.value.size > ParamPack.MAX_ELEMENTS:
+                    packs.append(ParamPack(members[start:end]))
+                    start, total = end, 0
+                if p is not None:
+                    total += p.value.size
         for pack in packs:
             pack.owner = weakref.ref(self)
             for slot, p in enumerate(pack.params):

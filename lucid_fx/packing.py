@@ -112,7 +112,10 @@ def slot_mask(mask: jax.Array, layout: PackLayout) -> jax.Array:
     return jnp.repeat(mask, np.asarray(layout.sizes), total_repeat_length=layout.total)
 
 
-_unpack_jit = jax.jit(unpack, static_argnums=1)
+@jax.jit(static_argnums=(2,))
+def _read_slot(buffer: jax.Array, start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    # The offset is data, not a constant: one compilation serves every slot of a shape.
+    return jax.lax.dynamic_slice(buffer, (start,), (math.prod(shape),)).reshape(shape)
 
 
 @jax.jit(static_argnums=1, donate_argnums=0)
@@ -131,32 +134,39 @@ class ParamPack:
     Holds the value buffer, an accumulated gradient buffer (or ``None``), which
     slots currently have a gradient, and gradients assigned by hand
     (``p.grad = g``) until they are folded into the buffer. Reads are lazy: all
-    views of a buffer are cut in one compiled call and cached until it changes.
+    view is cut on first read and cached until its buffer changes.
     """
+
+    MAX_ELEMENTS = 2**31 - 1  # offsets are int32
 
     def __init__(self, params: Sequence[Parameter], *, flat: bool = True) -> None:
         values = [p.value for p in params]
+        if flat and sum(v.size for v in values) > self.MAX_ELEMENTS:
+            raise ValueError(f"a flat pack holds at most {self.MAX_ELEMENTS} elements")
         self.layout = PackLayout.of(values, flat=flat)
         self.params = list(params)
         self.buffer: jax.Array = pack(values, self.layout) if flat else values[0]
         self.grad: jax.Array | None = None
         self.has_grad = np.zeros(len(params), bool)
         self.grad_overrides: dict[int, jax.Array] = {}
-        self._views: list[jax.Array] | None = None
-        self._grad_views: list[jax.Array] | None = None
+        self._views: dict[int, jax.Array] = {}
+        self._grad_views: dict[int, jax.Array] = {}
         self.owner: Callable[[], Any] = lambda: None  # set by the optimizer (a weakref)
 
     # values
     def value_of(self, slot: int) -> jax.Array:
         if not self.layout.flat:
             return self.buffer
-        if self._views is None:
-            self._views = _unpack_jit(self.buffer, self.layout)
+        if slot not in self._views:
+            self._views[slot] = self._cut(self.buffer, slot)
         return self._views[slot]
+
+    def _cut(self, buffer: jax.Array, slot: int) -> jax.Array:
+        return _read_slot(buffer, np.int32(self.layout.offsets[slot]), self.layout.shapes[slot])
 
     def set_buffer(self, buffer: jax.Array) -> None:
         self.buffer = buffer
-        self._views = None
+        self._views = {}
 
     def set_value(self, slot: int, value: Any) -> None:
         value = jnp.asarray(value)
@@ -179,8 +189,8 @@ class ParamPack:
             return self.grad_overrides[slot]
         if not self.layout.flat:
             return self.grad
-        if self._grad_views is None:
-            self._grad_views = _unpack_jit(self.grad, self.layout)
+        if slot not in self._grad_views:
+            self._grad_views[slot] = self._cut(self.grad, slot)
         return self._grad_views[slot]
 
     def set_grad(self, slot: int, grad: jax.Array | None) -> None:
@@ -201,7 +211,7 @@ class ParamPack:
         """Installs an accumulated gradient buffer; ``slots`` (bools) gain a gradient."""
         self.grad = grad
         self.grad_overrides.clear()
-        self._grad_views = None
+        self._grad_views = {}
         if slots is not None:
             self.has_grad |= slots
 
@@ -209,7 +219,7 @@ class ParamPack:
         self.grad = None
         self.grad_overrides.clear()
         self.has_grad[:] = False
-        self._grad_views = None
+        self._grad_views = {}
 
     def zero_grad_in_place(self) -> None:
         """``zero_grad(set_to_none=False)``: gradients that exist become zeros."""
@@ -226,5 +236,5 @@ class ParamPack:
                     self.layout.buffer_shape, self.layout.dtype)
                 self.grad = _write_slots(base, self.layout, dict(self.grad_overrides))
             self.grad_overrides.clear()
-            self._grad_views = None
+            self._grad_views = {}
         return self.grad
