@@ -110,7 +110,7 @@ def _descent_grad(g: jax.Array) -> jax.Array:
     return jnp.conj(g) if jnp.iscomplexobj(g) else g
 
 
-@jax.jit(static_argnums=(0, 1, 2, 3), donate_argnums=(8,))
+@jax.jit(static_argnums=(0, 1, 2, 3, 9, 10), donate_argnums=(8,))
 def _value_and_accumulated_grad(
     loss_fn: Callable[..., jax.Array],
     treedef: Any,
@@ -121,15 +121,17 @@ def _value_and_accumulated_grad(
     arrays: dict[int, Any],
     old_grads: list[jax.Array | None],
     old_pack_grads: list[jax.Array | None],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args_def: Any,
+    static_args: tuple[tuple[int, Any], ...],
+    dynamic_args: list[Any],
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Loss and old gradients plus new ones, compiled once per function and shapes.
 
     ``layout[i]`` says what leaf ``i`` of the tree is: ``("param", k)`` the k-th
     differentiated value (tied Parameters share k), ``("packed", (j, slot))`` a
     slot of the j-th packed buffer, ``("array", None)`` a constant in
-    ``arrays[i]``, ``("static", x)`` the Python value x. Packed Parameters are
+    ``arrays[i]``, ``("static", x)`` the Python value x. ``(args, kwargs)`` are
+    rebuilt from ``args_def`` with ``static_args`` at their positions. Packed Parameters are
     differentiated through their whole buffer, so their gradient comes back as
     one buffer too.
     """
@@ -143,6 +145,12 @@ def _value_and_accumulated_grad(
             for i, (kind, x) in enumerate(layout)
         ]
         return loss_fn(jax.tree.unflatten(treedef, leaves), *args, **kwargs)
+
+    static = dict(static_args)
+    dynamic = iter(dynamic_args)
+    args, kwargs = jax.tree.unflatten(
+        args_def, [static[i] if i in static else next(dynamic) for i in range(args_def.num_leaves)]
+    )
 
     # Differentiate w.r.t. the unpacked views and concatenate their gradients:
     # differentiating through the slices would add one full-size buffer per slice.
@@ -168,8 +176,14 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
     other array leaves are passed as constants, other leaves as static Python
     values (they must be hashable). Gradients accumulate across calls, as
     torch's ``loss.backward()`` does, until ``optimizer.zero_grad()``. The loss
-    must be a real scalar. Compiled once per ``loss_fn`` and shapes/dtypes/structure.
-    Complex Parameters get torch's convention: ``.grad`` points uphill.
+    must be a real scalar. Complex Parameters get torch's convention: ``.grad``
+    points uphill.
+
+    Compiled once per ``loss_fn`` and shapes/dtypes/structure: pass data as
+    arguments to one ``loss_fn`` defined once (a new lambda per call compiles
+    every call). In ``args``/``kwargs``, Python bools and strings are static
+    (``training=True`` may drive Python control flow); numbers and arrays are
+    traced, so a new value does not recompile.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -211,6 +225,12 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
             layout.append(("static", leaf))
     if not plain and not packs:
         raise ValueError("backward: the tree holds no Parameter to differentiate")
+    arg_leaves, args_def = jax.tree.flatten((args, kwargs))
+    static_args = tuple(
+        (i, x) for i, x in enumerate(arg_leaves) if isinstance(x, (bool, np.bool_, str))
+    )
+    static_positions = {i for i, _ in static_args}
+    dynamic_args = [x for i, x in enumerate(arg_leaves) if i not in static_positions]
     loss, grads, pack_grads = _value_and_accumulated_grad(
         loss_fn,
         treedef,
@@ -221,8 +241,9 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
         arrays,
         [p.grad for p in plain],
         [holder.folded_grad() for holder in packs],
-        args,
-        kwargs,
+        args_def,
+        static_args,
+        dynamic_args,
     )
     for p, g in zip(plain, grads):
         p.grad = g

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import weakref
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
@@ -59,7 +58,7 @@ class RemovableHandle:
 
 def _is_static(value: Any) -> bool:
     """Values that shape the compiled step (flags, dtypes, None) rather than feed it."""
-    return value is None or isinstance(value, (bool, str, np.dtype, type))
+    return value is None or isinstance(value, (bool, np.bool_, str, np.dtype, type))
 
 
 def _as_hyper_array(value: Any) -> jax.Array:
@@ -132,8 +131,12 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list: pass fx.parameters(model)")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        for group in groups:
-            self.add_param_group(group)
+        # Every group is checked before any Parameter moves into this optimizer's
+        # storage, so a failed construction leaves the Parameters as they were.
+        seen: set[int] = set()
+        checked = [self._checked_group(group, seen) for group in groups]
+        for group in checked:
+            self._add_checked_group(group)
 
     # ----- parameter groups ---------------------------------------------------------
 
@@ -149,6 +152,15 @@ class Optimizer:
 
     def add_param_group(self, param_group: ParamGroup) -> None:
         """Adds a group: ``{"params": [...], **hyper-parameters}``; missing keys take defaults."""
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        self._add_checked_group(self._checked_group(param_group, seen))
+
+    def _add_checked_group(self, group: ParamGroup) -> None:
+        self.param_groups.append(group)
+        self._packs.append(self._make_packs(group["params"]))
+
+    def _checked_group(self, param_group: Any, seen: set[int]) -> ParamGroup:
+        """The group with defaults filled in; raises on any invalid entry. ``seen`` grows."""
         if not isinstance(param_group, dict):
             raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
         if "params" not in param_group:
@@ -169,7 +181,6 @@ class Optimizer:
                 f"unknown hyper-parameter(s) {sorted(unknown)} in param group; "
                 f"valid keys: {sorted(self.defaults)}"
             )
-        seen = {id(p) for g in self.param_groups for p in g["params"]}
         for i, p in enumerate(params):
             if not isinstance(p, Parameter):
                 raise TypeError(
@@ -186,24 +197,20 @@ class Optimizer:
                     f"params[{i}] {p!r} appears more than once (in this group or an earlier "
                     f"one); each Parameter may be optimized by one group only"
                 )
-            owner = p._pack.owner() if p._pack is not None else None
-            if owner is not None and owner is not self:
-                raise ValueError(
-                    f"params[{i}] {p!r} is already held by another live optimizer; "
-                    f"delete that optimizer first (del old_optimizer) or use one optimizer "
-                    f"with several param groups"
-                )
             seen.add(id(p))
         group = {**self.defaults, **param_group, "params": params}
         self._check_hyperparameters({k: v for k, v in group.items() if k != "params"})
-        self.param_groups.append(group)
-        self._packs.append(self._make_packs(params))
+        return group
 
     def _make_packs(self, params: list[Parameter]) -> list[ParamPack]:
         """Moves ``params`` into packed storage: small ones share a buffer per dtype."""
         for p in params:
-            if p._pack is not None:  # left behind by an optimizer that no longer exists
+            if p._pack is not None:
+                # Taken over from an earlier optimizer (re-running `opt = RMSprop(...)`
+                # is common): that optimizer's storage is retired, so it cannot step
+                # a Parameter it no longer holds.
                 value, grad = p.value, p.grad
+                p._pack.retired = True
                 p._pack, p._value, p._grad = None, value, grad
         by_dtype: dict[np.dtype, list[Parameter]] = {}
         packs = []
@@ -221,7 +228,6 @@ class Optimizer:
                 if p is not None:
                     total += p.value.size
         for pack in packs:
-            pack.owner = weakref.ref(self)
             for slot, p in enumerate(pack.params):
                 grad = p._grad
                 p._pack, p._slot, p._value, p._grad = pack, slot, None, None
@@ -233,9 +239,10 @@ class Optimizer:
     @property
     def state(self) -> Mapping[Parameter, dict[str, jax.Array]]:
         """Parameter -> its state as a dict (torch's keys); a read-only snapshot."""
-        return MappingProxyType(
-            {p: {k: jnp.asarray(v) for k, v in entry.items()} for p, entry in self._param_states()}
-        )
+        return MappingProxyType(defaultdict(
+            dict,
+            {p: {k: jnp.asarray(v) for k, v in entry.items()} for p, entry in self._param_states()},
+        ))
 
     def _param_states(self) -> list[tuple[Parameter, dict[str, np.ndarray]]]:
         """(Parameter, its state as host arrays) for each Parameter that has state."""
@@ -264,6 +271,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clears every ``.grad``: to ``None`` (default) or, if set, to zeros."""
+        self._check_not_retired()
         for packs in self._packs:
             for pack in packs:
                 if set_to_none:
@@ -303,7 +311,7 @@ class Optimizer:
             value = group[name]
             field = self.structural_zeros.get(name)
             if _is_static(value):
-                static.append((name, value))
+                static.append((name, bool(value) if isinstance(value, np.bool_) else value))
             elif field is not None and value == 0 and not any(
                 getattr(self._pack_state.get(pack), field, None) is not None for pack in packs
             ):
@@ -312,8 +320,16 @@ class Optimizer:
                 arrays[name] = _as_hyper_array(value)
         return tuple(static), arrays
 
+    def _check_not_retired(self) -> None:
+        if any(pack.retired for packs in self._packs for pack in packs):
+            raise RuntimeError(
+                f"this {type(self).__name__}'s Parameters were taken over by an optimizer "
+                f"created later over the same Parameters; step that one instead"
+            )
+
     def _apply_step(self) -> None:
         # Everything is checked before anything changes: a failed step leaves no trace.
+        self._check_not_retired()
         for packs in self._packs:
             for pack in packs:
                 for slot, grad in pack.grad_overrides.items():
@@ -326,7 +342,7 @@ class Optimizer:
             hypers.append(arrays)
             buffers.append([pack.buffer for pack in stepping])
             grads.append([pack.folded_grad() for pack in stepping])
-            states.append([self._pack_state.get(pack) for pack in stepping])
+            states.append([self._complete_state(pack, static, arrays) for pack in stepping])
             masks.append([None if pack.has_grad.all() else pack.has_grad.copy() for pack in stepping])
             active.append(stepping)
         if not any(active):
@@ -339,6 +355,31 @@ class Optimizer:
                 pack.set_buffer(buffer)
                 self._pack_state[pack] = state
                 self._initialized[pack] |= pack.has_grad
+
+    def _complete_state(
+        self, pack: ParamPack, static: tuple[tuple[str, Any], ...], arrays: dict[str, jax.Array]
+    ) -> PackState:
+        """The pack's state with every buffer this configuration uses (zeros if new).
+
+        Made here rather than inside the compiled step, so that the step's input
+        and output states have one structure and it compiles once, also when
+        momentum or centered is switched on mid-run.
+        """
+        state = self._pack_state.get(pack)
+        template = _pack_template(type(self).transform, static, tuple(sorted(arrays)), pack.layout)
+        if state is not None and all(
+            getattr(state, name) is not None for name, t in template.items() if t is not None
+        ):
+            return state
+        fields = {}
+        for name, t in template.items():
+            old = None if state is None else getattr(state, name)
+            if old is not None or t is None:
+                fields[name] = old
+            else:
+                sharding = pack.buffer.sharding if t.shape == pack.buffer.shape else None
+                fields[name] = jax.device_put(np.zeros(t.shape, t.dtype), sharding)
+        return _state_type(type(self).transform)(**fields)
 
     # ----- state dicts --------------------------------------------------------------
 
@@ -594,6 +635,21 @@ def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, st
         name: "step" if name == "step" else "counter" if shapes.get(name, ((2,),))[0] == () else "buffer"
         for name in _state_type(factory)._fields
     }
+
+
+@lru_cache(maxsize=None)
+def _pack_template(
+    factory: Callable[..., GradientTransformation],
+    static: tuple[tuple[str, Any], ...],
+    array_names: tuple[str, ...],
+    layout: PackLayout,
+) -> dict[str, jax.ShapeDtypeStruct | None]:
+    """Field -> shape/dtype (or None when unused) of a pack's state in this configuration."""
+    hyper = {name: jax.ShapeDtypeStruct((), jnp.result_type(float)) for name in array_names}
+    buffer = jax.ShapeDtypeStruct(layout.buffer_shape, layout.dtype)
+    state = jax.eval_shape(lambda h, b: factory(**dict(static), **h).init(b), hyper, buffer)
+    step = jax.ShapeDtypeStruct((len(layout),), state.step.dtype)
+    return {**state._asdict(), "step": step}
 
 
 def _masked(mask: jax.Array | None, layout: PackLayout, kind: str, new: Any, old: Any) -> Any:

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -151,7 +151,7 @@ class ParamPack:
         self.grad_overrides: dict[int, jax.Array] = {}
         self._views: dict[int, jax.Array] = {}
         self._grad_views: dict[int, jax.Array] = {}
-        self.owner: Callable[[], Any] = lambda: None  # set by the optimizer (a weakref)
+        self.retired = False  # set when a newer optimizer takes one of these Parameters
 
     # values
     def value_of(self, slot: int) -> jax.Array:
