@@ -26,6 +26,7 @@ the loss; the numbers are the same for every device count, up to rounding.
 from __future__ import annotations
 
 import argparse
+import itertools
 from typing import Any
 
 import jax
@@ -42,7 +43,7 @@ EXAMPLES = 2048
 
 def init_mlp(rng: np.random.Generator, widths: tuple[int, ...]) -> dict[str, np.ndarray]:
     params = {}
-    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         params[f"w{i}"] = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
         params[f"b{i}"] = np.zeros(n_out, np.float32)
     return params

@@ -23,6 +23,7 @@ import numpy as np
 
 from lucid_fx.base import PyTree
 from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
+from lucid_fx.sharding import shard_like
 
 
 class Parameter:
@@ -161,10 +162,12 @@ def _value_and_accumulated_grad(
     def accumulate(g: jax.Array, old: jax.Array | None) -> jax.Array:
         return _descent_grad(g) if old is None else old + _descent_grad(g)
 
+    # A gradient is laid out like its parameter: with a batch split over a mesh,
+    # it would otherwise come out whole (replicated) on every device.
     return (
         loss,
-        [accumulate(g, old) for g, old in zip(grads, old_grads)],
-        [accumulate(g, old) for g, old in zip(pack_grads, old_pack_grads)],
+        [shard_like(v, accumulate(g, old)) for v, g, old in zip(values, grads, old_grads)],
+        [shard_like(b, accumulate(g, old)) for b, g, old in zip(buffers, pack_grads, old_pack_grads)],
     )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.packing import PackLayout, ParamPack, slot_mask
+from lucid_fx.sharding import to_host
 
 ParamGroup: TypeAlias = dict[str, Any]  # {"params": [Parameter, ...], "lr": ..., ...}
 StateDict: TypeAlias = dict[str, Any]
@@ -252,7 +253,7 @@ class Optimizer:
                 state = self._pack_state.get(pack)
                 if state is None:
                     continue
-                fields = {k: np.asarray(jax.device_get(v)) for k, v in _fields(state).items()}
+                fields = {k: to_host(v) for k, v in _fields(state).items()}
                 kinds = _field_kinds(type(self).transform)
                 for slot in np.flatnonzero(self._initialized[pack]):
                     result.append((pack.params[slot], _slot_entry(fields, pack.layout, slot, kinds)))
@@ -391,6 +392,8 @@ class Optimizer:
 
         Indices count Parameters across groups in order. Values are host NumPy
         copies (gathered from every device), so the result pickles anywhere.
+        With several processes (multi-host), every process gets the whole dict:
+        gathering is a collective, so every process must call ``state_dict()``.
         """
         for hook in list(self._state_dict_pre_hooks.values()):
             hook(self)

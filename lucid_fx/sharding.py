@@ -73,7 +73,7 @@ def zeros_like_param(param: Any, dtype: Any | None = None) -> jax.Array:
 
     Eagerly the sharding is read from ``param.sharding``. Under ``jax.jit`` it is
     not known while tracing (unless the mesh axes are ``Explicit``), so the zeros
-    are tied to ``param`` with ``shard_alike``: the compiler then gives both the
+    are tied to ``param`` (:func:`shard_like`): the compiler then gives both the
     same sharding, whatever the caller's ``in_shardings``. Plain ``jnp.zeros``
     would be an unconstrained constant, which XLA places whole on one device.
 
@@ -89,9 +89,7 @@ def zeros_like_param(param: Any, dtype: Any | None = None) -> jax.Array:
       Array([[0, 0, 0],
              [0, 0, 0]], dtype=bfloat16)
     """
-    # Eagerly, zeros_like already takes param's sharding; under jit it cannot know it.
-    zeros = jnp.zeros_like(param, dtype=dtype)
-    return shard_alike(param, zeros)[1] if isinstance(param, jax.core.Tracer) else zeros
+    return shard_like(param, jnp.zeros_like(param, dtype=dtype))
 
 
 def bytes_per_device(tree: PyTree) -> dict[jax.Device, int]:
@@ -120,7 +118,7 @@ def to_host(x: jax.Array) -> np.ndarray:
     When ``x`` spans several processes (a multi-host mesh), no process holds all
     of it, so the pieces are exchanged: that is a collective, and every process
     must call ``to_host`` on the same arrays in the same order (as for any other
-    multi-host computation). Otherwise it is ``np.asarray(jax.device_get(x))``.
+    multi-host computation). Otherwise it is a copy of ``jax.device_get(x)``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -212,14 +210,14 @@ def split_across(tree: PyTree, mesh: Mesh, axis: str = "data") -> PyTree:
 
 def _check_replicated(params: Params) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
-            if not leaf.sharding.is_fully_replicated:
-                raise ValueError(
-                    f"zero1 shards the state of replicated (data-parallel) parameters, but "
-                    f"{jax.tree_util.keystr(path) or 'the parameter'} is already sharded "
-                    f"({leaf.sharding}); its state follows it without zero1: use the "
-                    f"transform directly"
-                )
+        concrete = isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+        if concrete and not leaf.sharding.is_fully_replicated:
+            raise ValueError(
+                f"zero1 shards the state of replicated (data-parallel) parameters, but "
+                f"{jax.tree_util.keystr(path) or 'the parameter'} is already sharded "
+                f"({leaf.sharding}); its state follows it without zero1: use the "
+                f"transform directly"
+            )
 
 
 def zero1(tx: GradientTransformation, mesh: Mesh, axis: str = "data") -> GradientTransformation:
