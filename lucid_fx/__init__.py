@@ -7,6 +7,7 @@ from lucid_fx.base import (
     apply_updates,
     chain,
     identity,
+    stateless,
 )
 from lucid_fx.clipping import clip_by_global_norm, global_norm
 from lucid_fx.optimizer import Optimizer, RemovableHandle
@@ -31,4 +32,5 @@ __all__ = [
     "identity",
     "parameters",
     "rmsprop",
+    "stateless",
 ]

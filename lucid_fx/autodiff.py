@@ -43,7 +43,7 @@ class Parameter:
       (Parameter(shape=(2, 3), dtype=float32), True)
     """
 
-    __slots__ = ("_value", "_grad", "_pack", "_slot", "__weakref__")
+    __slots__ = ("__weakref__", "_grad", "_pack", "_slot", "_value")
 
     def __init__(self, value: Any) -> None:
         self._value: jax.Array | None = jnp.array(value, copy=True)

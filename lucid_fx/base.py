@@ -59,13 +59,14 @@ class EmptyState(NamedTuple):
     """The state of a transform that keeps none (an empty pytree)."""
 
 
-def identity() -> GradientTransformation:
-    """The transform that passes updates through unchanged and keeps no state.
+def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """The transform that maps ``(updates, params) -> fn(updates, params)`` and keeps no state.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
-      >>> fx.identity().update(jnp.ones(2), fx.EmptyState())[0].tolist()
-      [1.0, 1.0]
+      >>> double = fx.stateless(lambda u, p: 2 * u)
+      >>> double.update(jnp.ones(2), double.init(None))[0].tolist()
+      [2.0, 2.0]
     """
 
     def init(params: Params) -> EmptyState:
@@ -75,10 +76,20 @@ def identity() -> GradientTransformation:
     def update(
         updates: Updates, state: EmptyState, params: Params | None = None
     ) -> tuple[Updates, EmptyState]:
-        del params
-        return updates, state
+        return fn(updates, params), state
 
     return GradientTransformation(init, update)
+
+
+def identity() -> GradientTransformation:
+    """The transform that passes updates through unchanged and keeps no state.
+
+    Example:
+      >>> import jax.numpy as jnp, lucid_fx as fx
+      >>> fx.identity().update(jnp.ones(2), fx.EmptyState())[0].tolist()
+      [1.0, 1.0]
+    """
+    return stateless(lambda updates, params: updates)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

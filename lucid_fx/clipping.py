@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lucid_fx.base import EmptyState, GradientTransformation, Params, Updates
+from lucid_fx.base import GradientTransformation, Params, Updates, stateless
 from lucid_fx.validation import check_hyperparameter
 
 
@@ -31,18 +31,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """
     check_hyperparameter("max_norm", max_norm, low=0.0)
 
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
+    def clip(updates: Updates, params: Params | None) -> Updates:
         del params
         norm = global_norm(updates)
         # where() rather than max_norm / norm alone: an all-zero tree must not divide by 0.
         scale = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1.0), 1.0)
-        clipped = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
-        return clipped, state
+        return jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
 
-    return GradientTransformation(init, update)
+    return stateless(clip)

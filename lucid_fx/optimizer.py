@@ -21,7 +21,7 @@ import inspect
 import itertools
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -606,7 +606,7 @@ def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, 
     return kwargs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(
     factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -616,7 +616,7 @@ def _template(
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _fields(state).items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _required_fields(
     factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
 ) -> frozenset[str]:
@@ -624,12 +624,12 @@ def _required_fields(
     return frozenset(_fields(jax.eval_shape(lambda: factory().init(jnp.zeros(shape, dtype)))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _state_type(factory: Callable[..., GradientTransformation]) -> type:
     return type(jax.eval_shape(lambda: factory().init(jnp.zeros(()))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, str]:
     """Each state field's kind: ``step`` (one count per parameter of a pack),
     ``counter`` (a scalar per pack, e.g. skipped steps) or ``buffer`` (parameter-shaped)."""
@@ -640,7 +640,7 @@ def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, st
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pack_template(
     factory: Callable[..., GradientTransformation],
     static: tuple[tuple[str, Any], ...],

@@ -44,7 +44,7 @@ class PackLayout:
     sharding preserved); then the "buffer" is the array itself.
     """
 
-    __slots__ = ("shapes", "dtype", "offsets", "sizes", "total", "flat", "_hash")
+    __slots__ = ("_hash", "dtype", "flat", "offsets", "shapes", "sizes", "total")
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: Any, *, flat: bool = True):
         if not flat and len(shapes) != 1:

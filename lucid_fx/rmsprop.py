@@ -266,7 +266,7 @@ def _keep_old_if_nonfinite(
 ) -> tuple[Updates, RMSpropState]:
     """Selects zero updates and the old state when any gradient is NaN or Inf."""
     finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731 - a one-line select
+    keep = lambda n, o: jnp.where(finite, n, o)
     updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
     state = jax.tree.map(keep, new._replace(skipped=old.skipped), old)
     return updates, state._replace(skipped=old.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))

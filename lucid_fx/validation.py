@@ -6,7 +6,6 @@ faces reject the same input with the same message.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -36,7 +35,7 @@ def check_hyperparameter(
     number = concrete_value(value)
     if number is None:
         return
-    if isinstance(number, complex) or isinstance(number, bool):
+    if isinstance(number, (complex, bool)):
         raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
     if not low <= number or (high is not None and not number <= high):
         valid = f"in [{low}, {high}]" if high is not None else f">= {low}"
