@@ -10,6 +10,7 @@ from lucid_fx.base import (
     stateless,
 )
 from lucid_fx.clipping import clip_by_global_norm, global_norm
+from lucid_fx.flat import FlatLayout, flatten
 from lucid_fx.optimizer import Optimizer, RemovableHandle
 from lucid_fx.rmsprop import RMSpropState, rmsprop
 from lucid_fx.rmsprop_optimizer import RMSprop
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmptyState",
+    "FlatLayout",
     "GradientTransformation",
     "Optimizer",
     "Parameter",
@@ -28,6 +30,7 @@ __all__ = [
     "backward",
     "chain",
     "clip_by_global_norm",
+    "flatten",
     "global_norm",
     "identity",
     "parameters",

@@ -112,6 +112,9 @@ def slot_mask(mask: jax.Array, layout: PackLayout) -> jax.Array:
     return jnp.repeat(mask, np.asarray(layout.sizes), total_repeat_length=layout.total)
 
 
+_pack_jit = jax.jit(pack, static_argnums=1)
+
+
 @jax.jit(static_argnums=(2,))
 def _read_slot(buffer: jax.Array, start: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     # The offset is data, not a constant: one compilation serves every slot of a shape.
@@ -231,6 +234,10 @@ class ParamPack:
         if self.grad_overrides:
             if not self.layout.flat:
                 self.grad = self.grad_overrides[0]
+            elif len(self.grad_overrides) == len(self.layout):
+                # Every slot assigned by hand: one concatenation, which compiles fast.
+                overrides = self.grad_overrides
+                self.grad = _pack_jit([overrides[i] for i in range(len(self.layout))], self.layout)
             else:
                 base = self.grad if self.grad is not None else jnp.zeros(
                     self.layout.buffer_shape, self.layout.dtype)

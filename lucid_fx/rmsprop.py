@@ -8,6 +8,7 @@ stateful :class:`lucid_fx.RMSprop` calls the same factory.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -22,7 +23,13 @@ from lucid_fx.base import (
     Updates,
 )
 from lucid_fx.sharding import zeros_like_param
-from lucid_fx.validation import check_hyperparameter, check_same_structure, is_static_zero
+from lucid_fx.validation import (
+    check_flag,
+    check_float_dtype,
+    check_hyperparameter,
+    check_same_structure,
+    is_static_zero,
+)
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -79,25 +86,32 @@ def rmsprop_kernel(
         g = g + hyper(weight_decay) * param.astype(compute)
     # 1 - α from α's own precision: from a rounded α it loses digits (α = 0.999 in float32).
     a, one_minus_a = hyper(alpha), hyper(1 - alpha)
-    v = a * square_avg.astype(real) + one_minus_a * jnp.real(g * jnp.conj(g))
+    # Each new buffer is rounded to its stored dtype first and the step goes on
+    # from the stored value (as torch does): then every output loop reads only
+    # the old state, which donation may overwrite, and needs no defensive copy.
+    new_v = (a * square_avg.astype(real) + one_minus_a * jnp.real(g * jnp.conj(g))).astype(
+        square_avg.dtype
+    )
+    v = new_v.astype(real)
     if grad_avg is not None:
-        gbar = a * grad_avg.astype(compute) + one_minus_a * g
+        new_grad_avg = (a * grad_avg.astype(compute) + one_minus_a * g).astype(grad_avg.dtype)
+        gbar = new_grad_avg.astype(compute)
         # Rounding can push v - |ḡ|² below 0; torch and optax then return NaN.
         variance = jnp.maximum(v - jnp.real(gbar * jnp.conj(gbar)), 0)
         denom = jnp.sqrt(variance) + hyper(eps)
-        new_grad_avg = gbar.astype(grad_avg.dtype)
     else:
         denom = jnp.sqrt(v) + hyper(eps)
         new_grad_avg = None
     scaled = hyper(lr) * g / denom
     if momentum_buffer is not None:
-        b = hyper(momentum) * momentum_buffer.astype(compute) + scaled
-        delta = -b
-        new_buffer = b.astype(momentum_buffer.dtype)
+        new_buffer = (hyper(momentum) * momentum_buffer.astype(compute) + scaled).astype(
+            momentum_buffer.dtype
+        )
+        delta = -new_buffer.astype(compute)
     else:
         delta = -scaled
         new_buffer = None
-    return delta.astype(grad.dtype), v.astype(square_avg.dtype), new_grad_avg, new_buffer
+    return delta.astype(grad.dtype), new_v, new_grad_avg, new_buffer
 
 
 def _buffer_dtypes(param_dtype: Any, state_dtype: Any | None) -> tuple[Any, Any]:
@@ -110,14 +124,39 @@ def _buffer_dtypes(param_dtype: Any, state_dtype: Any | None) -> tuple[Any, Any]
     return base, base
 
 
-def _check_float(path: Any, leaf: Any) -> None:
-    dtype = jnp.result_type(leaf)
+def _check_float(path: Any, leaf: Any, *, what: str = "parameters") -> None:
+    where = jax.tree_util.keystr(path) or f"the {what[:-1]}"
+    try:
+        dtype = jnp.result_type(leaf)
+    except TypeError:
+        raise TypeError(f"rmsprop: {what} must be arrays; {where} is a {type(leaf).__name__}") from None
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"rmsprop optimizes floating-point parameters only; "
-            f"{jax.tree_util.keystr(path) or 'the parameter'} has dtype {dtype}. "
+            f"rmsprop optimizes floating-point {what} only; {where} has dtype {dtype}. "
             f"Cast it (e.g. x.astype(jnp.float32)) or leave it out of the optimized tree."
         )
+
+
+def _check_state(state: Any, *, centered: bool, momentum: bool, skip_nonfinite: bool) -> None:
+    """Refuses a state made by another transform, or by rmsprop with other flags.
+
+    Otherwise a plain state fed to a centered transform would silently run
+    plain RMSprop (its ``grad_avg`` is ``None``).
+    """
+    if not isinstance(state, RMSpropState):
+        raise TypeError(
+            f"rmsprop: state must be the RMSpropState made by this transform's init, "
+            f"got {type(state).__name__}"
+        )
+    checks = [("skipped", skip_nonfinite, "skip_nonfinite")]
+    if state.square_avg is not None:  # an empty tree of params has None for every buffer
+        checks += [("grad_avg", centered, "centered"), ("momentum_buffer", momentum, "momentum")]
+    for field, used, flag in checks:
+        if (getattr(state, field) is not None) != used:
+            raise ValueError(
+                f"rmsprop: the state {'lacks' if used else 'has'} {field}, so it was made by "
+                f"an rmsprop with a different {flag}; make it with this transform's init"
+            )
 
 
 def rmsprop(
@@ -194,6 +233,10 @@ def rmsprop(
     check_hyperparameter("eps", eps)
     check_hyperparameter("weight_decay", weight_decay)
     check_hyperparameter("momentum", momentum)
+    check_flag("centered", centered)
+    check_flag("maximize", maximize)
+    check_flag("skip_nonfinite", skip_nonfinite)
+    check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: which buffers exist and whether θ is read.
     use_momentum = not is_static_zero(momentum)
     use_weight_decay = not is_static_zero(weight_decay)
@@ -215,7 +258,9 @@ def rmsprop(
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, RMSpropState]:
+        _check_state(state, centered=centered, momentum=use_momentum, skip_nonfinite=skip_nonfinite)
         check_same_structure(state.square_avg, updates, what="gradients", against="the state")
+        jax.tree_util.tree_map_with_path(partial(_check_float, what="gradients"), updates)
         if use_weight_decay:
             if params is None:
                 raise ValueError(
@@ -223,7 +268,7 @@ def rmsprop(
                     "call tx.update(grads, state, params)"
                 )
             check_same_structure(state.square_avg, params, what="params", against="the state")
-        grads = jax.tree.map(jnp.negative, updates) if maximize else updates
+        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
         step_lr = lr(state.step) if callable(lr) else lr
         treedef = jax.tree.structure(state.square_avg)
 

@@ -1,0 +1,227 @@
+"""Timing and bookkeeping shared by the benchmark cases.
+
+The machine these numbers come from is usually shared and noisy, so every case
+times its contenders *interleaved*: repetition r runs each contender once, in an
+order rotated by r, and a contender's figure is the median over repetitions.
+Ratios between contenders of one case are therefore measured under the same
+conditions, which absolute times are not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import lucid_fx as fx
+
+torch: Any
+try:  # torch is optional: its columns are left empty without it
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+
+@dataclass
+class Settings:
+    """How long to measure: repetitions per contender and the time one repetition aims for."""
+
+    reps: int = 11
+    target_s: float = 0.03  # each repetition runs enough steps to last about this long
+    quick: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class Contender:
+    """Something to time: ``run(n)`` performs ``n`` steps and returns once they are done.
+
+    ``run`` must have been called once before timing (compilation, first-step
+    allocation), which :func:`contender` does.
+    """
+
+    name: str
+    run: Callable[[int], None]
+    steps: int = 1
+    first_call_s: float = 0.0  # the first step: compilation included
+
+
+def contender(name: str, run: Callable[[int], None], settings: Settings) -> Contender:
+    """Warms ``run`` up and picks how many steps one repetition runs."""
+    start = time.perf_counter()
+    run(1)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run(1)
+    once = max(time.perf_counter() - start, 1e-7)
+    steps = max(1, min(10_000, math.ceil(settings.target_s / once)))
+    if settings.verbose:
+        print(f"  {name}: first step {first:.2f} s, then {once * 1e3:.3g} ms", file=sys.stderr,
+              flush=True)
+    return Contender(name, run, steps, first)
+
+
+def interleave(contenders: list[Contender], settings: Settings) -> dict[str, list[float]]:
+    """Seconds per step of each contender, one sample per repetition, round-robin."""
+    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for rep in range(settings.reps):
+        shift = rep % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            start = time.perf_counter()
+            c.run(c.steps)
+            samples[c.name].append((time.perf_counter() - start) / c.steps)
+    return samples
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def jax_loop(step: Callable[..., Any], carry: tuple[Any, ...], *args: Any) -> Callable[[int], None]:
+    """``run(n)``: applies ``carry = step(*carry, *args)`` n times, then waits for the result.
+
+    ``step`` is jitted with the carry donated, so each step updates in place.
+    """
+    box = [carry]
+
+    def run(n: int) -> None:
+        c = box[0]
+        for _ in range(n):
+            c = step(*c, *args)
+        box[0] = jax.block_until_ready(c)
+
+    return run
+
+
+def transform_step(tx: Any, apply_updates: Callable[[Any, Any], Any]) -> jax.stages.Wrapped:
+    """The jitted, donated training step ``(params, state, grads) -> (params, state)``."""
+
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(grads, state, params)
+        return apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def triad_step() -> jax.stages.Wrapped:
+    """The bandwidth yardstick: an in-place ``p - c·g`` (reads 8, writes 4 bytes per float32)."""
+    return jax.jit(lambda p, g: (p - jnp.float32(0.01) * g,), donate_argnums=0)
+
+
+def hlo_stats(step: jax.stages.Wrapped, *args: Any, elements: int) -> dict[str, float]:
+    """What XLA compiled: loops over the big arrays and bytes accessed per element.
+
+    ``bytes accessed`` is XLA's own cost analysis (operands read plus outputs
+    written, summed over the fusions); a fusion over an array of ``elements``
+    is one loop over memory.
+    """
+    compiled = step.lower(*args).compile()
+    text = compiled.as_text() or ""
+    entry = text[text.index("\nENTRY"):]
+    loops = sum(
+        1
+        for line in entry.splitlines()
+        if " fusion(" in line and re.search(rf"\[{elements}\]", line.split("=", 1)[1].split(" ")[1])
+    )
+    analysis: Any = compiled.cost_analysis()
+    cost = analysis[0] if isinstance(analysis, list) else analysis
+    return {"loops": loops, "hlo_bytes_per_element": round(cost["bytes accessed"] / elements, 2)}
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            memory = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    device = jax.devices()[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "jax_device": f"{device.platform}: {getattr(device, 'device_kind', device)}",
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "lucid_fx": fx.__version__,
+        "optax": _version("optax"),
+        "torch": torch.__version__ if torch is not None else None,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+@dataclass
+class Row:
+    """One line of the table: a case, lucid_fx's figure and the competitors'."""
+
+    case: str
+    unit: str  # "s" (time), "bytes" (memory)
+    lucid_fx: float | None
+    optax: float | None = None
+    torch: float | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ratio(self, other: str) -> float | None:
+        """How many times larger the other library's figure is (> 1: lucid_fx wins)."""
+        value = getattr(self, other)
+        if value is None or not self.lucid_fx:
+            return None
+        return value / self.lucid_fx
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "bytes":
+        return f"{value / 2**30:.2f} GiB"
+    for scale, suffix in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if value >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def format_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    header = (
+        "| case | lucid_fx | optax | torch | optax / lucid_fx | torch / lucid_fx | notes |\n"
+        "|---|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [header]
+    for row in rows:
+        lines.append(
+            f"| {row.case} | {format_value(row.lucid_fx, row.unit)} | "
+            f"{format_value(row.optax, row.unit)} | {format_value(row.torch, row.unit)} | "
+            f"{format_ratio(row.ratio('optax'))} | {format_ratio(row.ratio('torch'))} | "
+            f"{row.notes} |"
+        )
+    return "\n".join(lines)
