@@ -46,7 +46,13 @@ class Parameter:
     __slots__ = ("__weakref__", "_grad", "_pack", "_slot", "_value")
 
     def __init__(self, value: Any) -> None:
-        self._value: jax.Array | None = jnp.array(value, copy=True)
+        try:
+            value = jnp.array(value, copy=True)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"Parameter needs an array of numbers, got {type(value).__name__}: {error}"
+            ) from None
+        self._value: jax.Array | None = value
         self._grad: jax.Array | None = None
         self._pack: ParamPack | None = None
         self._slot = 0

@@ -127,6 +127,11 @@ class Optimizer:
             )
         if isinstance(params, Parameter):
             raise TypeError("params must be an iterable of Parameters, not one Parameter: wrap it in a list")
+        if not isinstance(params, Iterable):
+            raise TypeError(
+                f"params must be an iterable of Parameters or of param-group dicts, "
+                f"got {type(params).__name__}: pass fx.parameters(model)"
+            )
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list: pass fx.parameters(model)")
@@ -442,6 +447,17 @@ class Optimizer:
                 f"state dict must have exactly the keys 'state' and 'param_groups', got {keys}"
             )
         saved_groups = sd["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+            isinstance(g, Mapping) for g in saved_groups
+        ):
+            raise ValueError(
+                f"state dict's 'param_groups' must be a list of dicts, got {saved_groups!r:.80}"
+            )
+        if not isinstance(sd["state"], Mapping):
+            raise ValueError(
+                f"state dict's 'state' must be a dict {{index: {{key: array}}}}, "
+                f"got {type(sd['state']).__name__}"
+            )
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state dict has {len(saved_groups)} param group(s), the optimizer has "
@@ -464,8 +480,18 @@ class Optimizer:
                 raise ValueError(f"param_groups[{gi}]: {error}") from None
             new_groups.append(hyper)
         index_to_param: dict[Any, Parameter] = {}
-        for saved, group in zip(saved_groups, self.param_groups):
-            index_to_param.update(zip(saved["params"], group["params"]))
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            for index, p in zip(saved["params"], group["params"]):
+                if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+                    raise ValueError(
+                        f"param_groups[{gi}]['params'] holds {index!r:.40}; expected integer indices"
+                    )
+                if index in index_to_param:
+                    raise ValueError(
+                        f"param_groups[{gi}] lists parameter index {index!r} again; each index "
+                        f"may appear once in a state dict's param_groups"
+                    )
+                index_to_param[index] = p
         entries: dict[Parameter, dict[str, np.ndarray]] = {}
         for index, entry in sd["state"].items():
             if index not in index_to_param:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
+from typing import Any
 
-from lucid_fx.optimizer import Optimizer
+import jax.numpy as jnp
+import numpy as np
+
+from lucid_fx import torch_compat
+from lucid_fx.optimizer import Optimizer, StateDict
 from lucid_fx.rmsprop import rmsprop
 
 
@@ -40,7 +46,12 @@ class RMSprop(Optimizer):
         number written here takes effect at the next ``step()`` without recompiling.
       defaults: the hyper-parameters given at construction (or their defaults).
       state: Parameter -> dict with ``step``, ``square_avg`` and, when used,
-        ``grad_avg`` and ``momentum_buffer``.
+        ``grad_avg``, ``momentum_buffer`` and ``skipped``.
+
+    Migrating from PyTorch: ``load_state_dict`` also takes
+    ``torch.optim.RMSprop.state_dict()`` (same parameter order), and
+    :meth:`torch_state_dict` exports one that torch loads; for a constant lr
+    the run then continues as torch's would (:mod:`lucid_fx.torch_compat`).
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -58,6 +69,60 @@ class RMSprop(Optimizer):
     transform = staticmethod(rmsprop)
     structural_zeros = {"momentum": "momentum_buffer"}
     skip_flag = "skip_nonfinite"
+
+    def load_state_dict(self, state_dict: StateDict) -> None:
+        """Restores a :meth:`state_dict`, or a ``torch.optim.RMSprop.state_dict()``.
+
+        A torch dict (torch tensors or NumPy arrays, recognised by torch's own
+        group keys or its tensors) is converted first by
+        :func:`lucid_fx.torch_compat.rmsprop_state_dict_from_torch`: momentum
+        buffers become ``lr·b_torch``, ``step`` int32, and torch-only keys are
+        dropped; parameters pair up by position, as in torch. Then every entry
+        is validated before anything changes; on ``ValueError`` the optimizer is
+        as it was.
+        """
+        if torch_compat.is_torch_state_dict(state_dict):
+            state_dict = torch_compat.rmsprop_state_dict_from_torch(state_dict)
+        _check_state_values(state_dict)
+        super().load_state_dict(state_dict)
+
+    def torch_state_dict(self) -> StateDict:
+        """This optimizer's state in the form ``torch.optim.RMSprop.load_state_dict`` takes.
+
+        Values are CPU torch tensors (torch must be installed); momentum buffers
+        are ``b / lr`` and ``step`` a float32 tensor. See
+        :func:`lucid_fx.torch_compat.rmsprop_state_dict_to_torch` for what is
+        dropped and when it raises (an lr of 0 with a non-zero buffer, a schedule).
+        """
+        for i, p in enumerate(self._indexed_params()):
+            if jnp.issubdtype(p.dtype, jnp.complexfloating):
+                raise ValueError(
+                    f"parameter {i} {p!r} is complex: torch's RMSprop treats its real and "
+                    f"imaginary parts as separate elements, so the state does not convert"
+                )
+        return torch_compat.rmsprop_state_dict_to_torch(self.state_dict())
+
+
+def _check_state_values(state_dict: Any) -> None:
+    """Rejects counts and averages no run can produce (an edited or corrupted dict).
+
+    Structure, shapes and dtypes are ``Optimizer.load_state_dict``'s to check.
+    """
+    state = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+    if not isinstance(state, Mapping):
+        return
+    for index, entry in state.items():
+        if not isinstance(entry, Mapping):
+            continue
+        for key, what in (("step", "a step count"), ("square_avg", "an average of squares")):
+            array = np.asarray(entry.get(key, 0))
+            dtype = array.dtype
+            real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            if real and np.any(array < 0):
+                raise ValueError(
+                    f"state[{index!r}][{key!r}] holds a negative value ({np.min(array)}); "
+                    f"{what} is never negative: the state dict was edited or corrupted"
+                )
 
 
 # The page's signature for help() and IDEs, taken from the factory: defaults live there.

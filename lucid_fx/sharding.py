@@ -63,6 +63,8 @@ def shard_like(param: Any, x: jax.Array) -> jax.Array:
     """
     if isinstance(param, jax.core.Tracer):
         return shard_alike(param, x)[1]
+    if isinstance(x, jax.core.Tracer):  # param is a constant captured by a trace (eval_shape)
+        return x
     if isinstance(param, jax.Array) and isinstance(x, jax.Array) and x.sharding != param.sharding:
         return jax.device_put(x, param.sharding)
     return x

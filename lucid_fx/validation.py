@@ -29,17 +29,45 @@ def check_hyperparameter(
 ) -> None:
     """Raises ``ValueError`` naming ``name`` and ``value`` unless low <= value (<= high).
 
-    NaN fails (as ``not low <= nan`` is True). Traced values and schedules are
-    not checked: their values are unknown until the step runs.
+    NaN fails (as ``not low <= nan`` is True), and so does anything that is not
+    a real number (None, a string, a bool, a complex). Traced values and
+    schedules are not checked: their values are unknown until the step runs.
     """
-    number = concrete_value(value)
-    if number is None:
+    if callable(value) or isinstance(value, jax.core.Tracer):
         return
-    if isinstance(number, (complex, bool)):
+    try:
+        number = concrete_value(value)
+    except ValueError as error:  # an array, or a ragged list
+        raise ValueError(f"Invalid {name} value: {error}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
     if not low <= number or (high is not None and not number <= high):
         valid = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"Invalid {name} value: {value!r} (expected a number {valid})")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is True or False.
+
+    A flag decides structure, so a truthy stand-in (``"no"``, ``1``, an array)
+    would silently switch a feature on, or fail deep inside a trace.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid {name} value: {value!r} (expected True or False)")
+
+
+def check_float_dtype(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is None or a float/complex dtype."""
+    if value is None:
+        return
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+        raise ValueError(
+            f"Invalid {name} value: {value!r} (expected None or a floating-point dtype)"
+        )
 
 
 def is_static_zero(value: Any) -> bool:
