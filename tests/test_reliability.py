@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from configs import BASIC_CONFIGS
 from hypothesis import Phase, given, settings
 from reference import RMSpropReference, max_rel_error, reference_run
 
@@ -662,13 +663,7 @@ def test_errors_doc_is_current() -> None:
 # ------------------------------------------------------------------ non-finite gradients
 
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "momentum": dict(momentum=0.9),
-    "centered": dict(centered=True),
-    "centered+momentum": dict(centered=True, momentum=0.9),
-    "weight_decay": dict(weight_decay=0.1),
-}
+CONFIGS = BASIC_CONFIGS
 
 
 def _problem(seed: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:

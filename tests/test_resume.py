@@ -20,16 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from configs import BASIC_CONFIGS
 
 import lucid_fx as fx
 
 SAVE_AT, CONTINUE = 3, 4
 CONFIGS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "momentum": dict(momentum=0.9),
-    "centered": dict(centered=True),
-    "centered+momentum": dict(centered=True, momentum=0.9),
-    "weight_decay": dict(weight_decay=0.1),
+    **BASIC_CONFIGS,
     "everything+skip_nonfinite": dict(centered=True, momentum=0.9, weight_decay=0.1,
                                       skip_nonfinite=True),
 }
