@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,9 @@ class Parameter:
 
     @property
     def value(self) -> jax.Array:
-        return self._value if self._pack is None else self._pack.value_of(self._slot)
+        if self._pack is not None:
+            return self._pack.value_of(self._slot)
+        return cast(jax.Array, self._value)  # set in __init__; None only while packed
 
     @value.setter
     def value(self, value: Any) -> None:

@@ -137,7 +137,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
       dtype(bfloat16)
     """
 
-    def add(p: jax.Array | None, u: jax.Array | None) -> jax.Array | None:
+    def add(p: jax.Array | None, u: Any) -> jax.Array | None:
         if p is None:
             return None
         return jnp.asarray(p + u).astype(jnp.result_type(p))

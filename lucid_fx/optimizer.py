@@ -66,12 +66,12 @@ def _as_hyper_array(value: Any) -> jax.Array:
     # float64 when x64 is on, so float64 parameters see their exact hyper-parameters.
     dtype = jnp.result_type(float)
     if isinstance(value, (int, float, np.number)):
-        return _cached_hyper_array(value, type(value), dtype)
+        return _cached_hyper_array(value, type(value).__name__, dtype)
     return jnp.asarray(value, dtype=dtype)
 
 
 @lru_cache(maxsize=4096)
-def _cached_hyper_array(value: Any, kind: type, dtype: np.dtype) -> jax.Array:
+def _cached_hyper_array(value: Any, kind: str, dtype: np.dtype) -> jax.Array:
     # Steps reuse one device scalar per distinct value instead of a transfer each.
     del kind  # part of the key only: 1 and 1.0 hash alike
     return jnp.asarray(value, dtype=dtype)
@@ -227,12 +227,12 @@ class Optimizer:
                 packs.append(ParamPack([p], flat=False))
         for members in by_dtype.values():
             start, total = 0, 0
-            for end, p in enumerate(members + [None]):
-                if p is None or total + p.value.size > ParamPack.MAX_ELEMENTS:
+            for end, member in enumerate([*members, None]):
+                if member is None or total + member.value.size > ParamPack.MAX_ELEMENTS:
                     packs.append(ParamPack(members[start:end]))
                     start, total = end, 0
-                if p is not None:
-                    total += p.value.size
+                if member is not None:
+                    total += member.value.size
         for pack in packs:
             for slot, p in enumerate(pack.params):
                 grad = p._grad
@@ -260,7 +260,7 @@ class Optimizer:
                     continue
                 fields = {k: to_host(v) for k, v in _fields(state).items()}
                 kinds = _field_kinds(type(self).transform)
-                for slot in np.flatnonzero(self._initialized[pack]):
+                for slot in map(int, np.flatnonzero(self._initialized[pack])):
                     result.append((pack.params[slot], _slot_entry(fields, pack.layout, slot, kinds)))
         return result
 
@@ -529,7 +529,7 @@ class Optimizer:
         initialized = np.array([p in entries for p in pack.params])
         if not initialized.any():
             return None, initialized
-        fields = {}
+        fields: dict[str, Any] = {}
         for name, kind in _field_kinds(type(self).transform).items():
             present = [(slot, entries[p][name]) for slot, p in enumerate(pack.params)
                        if p in entries and name in entries[p]]
@@ -662,7 +662,7 @@ def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, st
     shapes = _template(factory, (2,), np.dtype(np.float32))
     return {
         name: "step" if name == "step" else "counter" if shapes.get(name, ((2,),))[0] == () else "buffer"
-        for name in _state_type(factory)._fields
+        for name in _state_type(factory)._fields  # type: ignore[attr-defined]  # a NamedTuple
     }
 
 
@@ -710,7 +710,7 @@ def _compiled_step(
     configuration does not use (``grad_avg`` after ``centered`` is turned off)
     is carried through unchanged.
     """
-    skipping = [bool(dict(static).get(skip_flag, False)) for static, _ in keys]
+    skipping = [skip_flag is not None and bool(dict(static).get(skip_flag)) for static, _ in keys]
     if any(skipping):
         # One non-finite gradient anywhere poisons every gradient of the skipping
         # groups, so each pack's own check skips (and counts) this step.

@@ -190,7 +190,7 @@ class ParamPack:
             return None
         if slot in self.grad_overrides:
             return self.grad_overrides[slot]
-        if not self.layout.flat:
+        if not self.layout.flat or self.grad is None:
             return self.grad
         if slot not in self._grad_views:
             self._grad_views[slot] = self._cut(self.grad, slot)

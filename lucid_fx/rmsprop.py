@@ -9,7 +9,7 @@ stateful :class:`lucid_fx.RMSprop` calls the same factory.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +83,8 @@ def rmsprop_kernel(
 
     g = grad.astype(compute)
     if weight_decay is not None:
+        if param is None:
+            raise ValueError("rmsprop_kernel: weight_decay needs the parameter")
         g = g + hyper(weight_decay) * param.astype(compute)
     # 1 - α from α's own precision: from a rounded α it loses digits (α = 0.999 in float32).
     a, one_minus_a = hyper(alpha), hyper(1 - alpha)
@@ -270,7 +272,7 @@ def rmsprop(
             check_same_structure(state.square_avg, params, what="params", against="the state")
         grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
         step_lr = lr(state.step) if callable(lr) else lr
-        treedef = jax.tree.structure(state.square_avg)
+        treedef: Any = jax.tree.structure(state.square_avg)
 
         def leaves(tree: Any) -> list[Any]:
             return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
@@ -314,4 +316,5 @@ def _keep_old_if_nonfinite(
     keep = lambda n, o: jnp.where(finite, n, o)
     updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
     state = jax.tree.map(keep, new._replace(skipped=old.skipped), old)
-    return updates, state._replace(skipped=old.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+    skipped = cast(jax.Array, old.skipped)  # present: skip_nonfinite made the state
+    return updates, state._replace(skipped=skipped + jnp.where(finite, 0, 1).astype(jnp.int32))

@@ -6,7 +6,7 @@ faces reject the same input with the same message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -95,6 +95,7 @@ def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against:
     """
     expected_leaves, expected_def = jax.tree_util.tree_flatten_with_path(expected)
     given_leaves, given_def = jax.tree_util.tree_flatten_with_path(given)
+    expected_def, given_def = cast(Any, expected_def), cast(Any, given_def)
     if expected_def != given_def:
         for (p_exp, _), (p_given, _) in zip(expected_leaves, given_leaves):
             if p_exp != p_given:
