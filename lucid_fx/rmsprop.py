@@ -71,7 +71,8 @@ def rmsprop_kernel(
     ``weight_decay``/``momentum`` of ``None`` (and ``grad_avg``/``momentum_buffer``
     of ``None``) switch that part off. Arithmetic runs in the wider of the
     gradient's and the state's dtype, and at least float32 (so that 1 - α keeps
-    its precision for bfloat16/float16); each output keeps its input's dtype.
+    its precision for bfloat16/float16); each output keeps its input's dtype,
+    and the step uses the new buffers as rounded to those dtypes.
     """
     compute = jnp.result_type(
         grad, square_avg, jnp.float32, *([] if grad_avg is None else [grad_avg])
@@ -203,8 +204,10 @@ def rmsprop(
       skip_nonfinite: a step whose gradients hold NaN or Inf changes nothing
         (zero updates, every buffer and ``step`` kept) and counts into
         ``state.skipped`` (default False: non-finite values propagate, as in torch).
-      state_dtype: dtype of v, ḡ and b (default: each parameter's own). For
-        bfloat16 parameters, ``jnp.float32`` keeps v accurate at twice its memory.
+      state_dtype: dtype of v, ḡ and b (default: each parameter's own). Each step
+        continues from the buffers as stored (rounded to this dtype), as torch
+        does. For bfloat16 parameters, ``jnp.float32`` keeps v accurate: a
+        bfloat16 v cannot resolve the (1-α) = 1% change of a step.
 
     Returns:
       A :class:`GradientTransformation` whose state is :class:`RMSpropState`.
