@@ -113,6 +113,7 @@ class Optimizer:
         self._packs: list[list[ParamPack]] = []  # per group
         self._pack_state: dict[ParamPack, PackState] = {}
         self._initialized: dict[ParamPack, np.ndarray] = {}  # slots that have state
+        self._state_snapshot: Mapping[Parameter, dict[str, jax.Array]] | None = None
         self._step_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
@@ -244,11 +245,17 @@ class Optimizer:
 
     @property
     def state(self) -> Mapping[Parameter, dict[str, jax.Array]]:
-        """Parameter -> its state as a dict (torch's keys); a read-only snapshot."""
-        return MappingProxyType(defaultdict(
-            dict,
-            {p: {k: jnp.asarray(v) for k, v in entry.items()} for p, entry in self._param_states()},
-        ))
+        """Parameter -> its state as a dict (torch's keys); a read-only snapshot.
+
+        Built once per step (one host copy per packed buffer), so reading it in a
+        loop over the parameters costs no more than reading it once.
+        """
+        if self._state_snapshot is None:
+            self._state_snapshot = MappingProxyType(defaultdict(dict, {
+                p: {k: jnp.asarray(v) for k, v in entry.items()}
+                for p, entry in self._param_states()
+            }))
+        return self._state_snapshot
 
     def _param_states(self) -> list[tuple[Parameter, dict[str, np.ndarray]]]:
         """(Parameter, its state as host arrays) for each Parameter that has state."""
@@ -361,6 +368,7 @@ class Optimizer:
                 pack.set_buffer(buffer)
                 self._pack_state[pack] = state
                 self._initialized[pack] |= pack.has_grad
+        self._state_snapshot = None
 
     def _complete_state(
         self, pack: ParamPack, static: tuple[tuple[str, Any], ...], arrays: dict[str, jax.Array]
@@ -437,6 +445,7 @@ class Optimizer:
             group.update(hyper)
         self._pack_state = {k: v for k, v in new_pack_state.items() if v is not None}
         self._initialized = new_initialized
+        self._state_snapshot = None
         for hook in list(self._load_post_hooks.values()):
             hook(self)
 
