@@ -715,9 +715,9 @@ def _compiled_step(
     Each pack is one buffer for the transform, its ``step`` a vector with one
     count per parameter (torch's per-parameter state). A pack where only some
     parameters have gradients is stepped whole and the others are masked back.
-    A pack without state gets the transform's fresh ``init``; a buffer that the
-    configuration does not use (``grad_avg`` after ``centered`` is turned off)
-    is carried through unchanged.
+    Every state arrives complete (new buffers are zeros made before the call);
+    a buffer that the configuration does not use (``grad_avg`` after
+    ``centered`` is turned off) is carried through unchanged.
     """
     skipping = [skip_flag is not None and bool(dict(static).get(skip_flag)) for static, _ in keys]
     if any(skipping):
@@ -738,19 +738,17 @@ def _compiled_step(
         tx = factory(**dict(static), **hyper)
         group_buffers, group_states = [], []
         for (layout, _), value, g, old, mask in zip(pack_keys, bufs, grs, sts, mks):
-            fresh = tx.init(value)
-            fresh = fresh._replace(step=jnp.zeros(len(layout), fresh.step.dtype))
-            used = fresh if old is None else type(fresh)(
-                *(None if f is None else (f if o is None else o) for f, o in zip(fresh, old))
-            )
+            # `old` is complete for this configuration (Optimizer._complete_state);
+            # the transform sees only the fields it uses.
+            template = _pack_template(factory, static, tuple(sorted(hyper)), layout)
+            used = old._replace(**{name: None for name, t in template.items() if t is None})
             update, new = tx.update(g, used, value)
             new_value = _masked(mask, layout, "buffer", apply_updates(value, update), value)
             new = type(new)(*(
-                _masked(mask, layout, kinds[name], n, u)
-                for name, n, u in zip(new._fields, new, used)
+                # re-attach unchanged the buffers this configuration leaves alone
+                o if n is None else _masked(mask, layout, kinds[name], n, o)
+                for name, n, o in zip(new._fields, new, old)
             ))
-            if old is not None:  # re-attach buffers this configuration leaves alone
-                new = type(new)(*(o if n is None else n for n, o in zip(new, old)))
             group_buffers.append(new_value)
             group_states.append(new)
         new_buffers.append(group_buffers)

@@ -136,31 +136,19 @@ class RMSpropReference:
 def reference_run(
     params_list: Sequence[Any],
     grads_seq: Sequence[Sequence[Any]],
-    lr: LrSpec = 0.01,
-    alpha: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    centered: bool = False,
-    maximize: bool = False,
     lr_schedule: Callable[[int], Any] | None = None,
+    **hyper: Any,
 ) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
     """Runs RMSprop over ``grads_seq`` (one list of gradient arrays per step).
 
-    Returns ``(params_history, final_state)``: ``params_history[t]`` is the list of
-    parameters after step ``t + 1``; ``final_state`` is :meth:`RMSpropReference.state`.
-    ``lr_schedule``, when given, overrides ``lr``.
+    ``hyper`` are :class:`RMSpropReference`'s keyword arguments (with its
+    defaults). Returns ``(params_history, final_state)``: ``params_history[t]``
+    is the list of parameters after step ``t + 1``; ``final_state`` is
+    :meth:`RMSpropReference.state`. ``lr_schedule``, when given, overrides ``lr``.
     """
-    opt = RMSpropReference(
-        params_list,
-        lr=lr if lr_schedule is None else lr_schedule,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
+    if lr_schedule is not None:
+        hyper = {**hyper, "lr": lr_schedule}
+    opt = RMSpropReference(params_list, **hyper)
     history = [opt.update(grads) for grads in grads_seq]
     return history, opt.state()
 
