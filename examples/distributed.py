@@ -99,6 +99,10 @@ def main() -> None:
     params = {k: place(v, layout[k]) for k, v in host_params.items()}
     state = tx.init(params)  # the state follows the parameters (fsdp) or is split (zero1)
 
+    # Bounded dispatch: at most two steps queued ahead of this loop. Unbounded, a
+    # long run queues hundreds of steps that hold collectives and can deadlock
+    # the devices' threads (docs: "Scaling out", the in-flight rule).
+    @fx.limit_in_flight
     @jax.jit
     def train_step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, Any]:
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)

@@ -10,6 +10,7 @@ from lucid_fx.base import (
     stateless,
 )
 from lucid_fx.clipping import clip_by_global_norm, global_norm
+from lucid_fx.dispatch import limit_in_flight
 from lucid_fx.flat import FlatLayout, flatten
 from lucid_fx.optimizer import Optimizer, RemovableHandle
 from lucid_fx.rmsprop import RMSpropState, rmsprop
@@ -33,6 +34,7 @@ __all__ = [
     "flatten",
     "global_norm",
     "identity",
+    "limit_in_flight",
     "parameters",
     "rmsprop",
     "stateless",

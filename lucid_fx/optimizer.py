@@ -31,6 +31,7 @@ import numpy as np
 
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
+from lucid_fx.dispatch import wait_for
 from lucid_fx.packing import PackLayout, ParamPack, slot_mask
 from lucid_fx.sharding import to_host
 
@@ -360,6 +361,11 @@ class Optimizer:
             active.append(stepping)
         if not any(active):
             return
+        if any(len(b.sharding.device_set) > 1 for bufs in buffers for b in bufs):
+            # Over a mesh, let at most this step and the one before it be queued:
+            # an unbounded queue of steps holding collectives can deadlock
+            # (lucid_fx.dispatch). The previous step's outputs are these inputs.
+            wait_for(buffers)
         new_buffers, new_states = _compiled_step(
             type(self).transform, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks
         )
