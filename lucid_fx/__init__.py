@@ -1,6 +1,6 @@
 """lucid_fx: functional optimizer transforms for JAX, starting with RMSprop."""
 
-from lucid_fx.autodiff import Parameter, backward, parameters
+from lucid_fx.autodiff import Parameter, backward, named_parameters, parameters
 from lucid_fx.base import (
     EmptyState,
     GradientTransformation,
@@ -35,6 +35,7 @@ __all__ = [
     "global_norm",
     "identity",
     "limit_in_flight",
+    "named_parameters",
     "parameters",
     "rmsprop",
     "stateless",

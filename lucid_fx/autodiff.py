@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.base import PyTree
+from lucid_fx.naming import dotted_name
 from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
 from lucid_fx.sharding import shard_like
+from lucid_fx.tracing import check_eager
 
 
 class Parameter:
@@ -46,6 +48,8 @@ class Parameter:
     __slots__ = ("__weakref__", "_grad", "_pack", "_slot", "_value")
 
     def __init__(self, value: Any) -> None:
+        if isinstance(value, jax.core.Tracer):
+            check_eager("Parameter(...)", value)
         try:
             value = jnp.array(value, copy=True)
         except (TypeError, ValueError) as error:
@@ -65,6 +69,7 @@ class Parameter:
 
     @value.setter
     def value(self, value: Any) -> None:
+        check_eager("Parameter.value = ...", value)
         if self._pack is None:
             self._value = jnp.asarray(value)
         else:
@@ -76,6 +81,7 @@ class Parameter:
 
     @grad.setter
     def grad(self, grad: jax.Array | None) -> None:
+        check_eager("Parameter.grad = ...", grad)
         if self._pack is None:
             self._grad = grad
         else:
@@ -91,6 +97,10 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+# What a loss function reads by mistake when it treats its input as Parameters.
+_PARAMETER_ATTRIBUTES = frozenset({"value", "grad"})
 
 
 def _is_parameter(x: Any) -> bool:
@@ -110,6 +120,27 @@ def parameters(tree: PyTree) -> list[Parameter]:
     for leaf in jax.tree.leaves(tree, is_leaf=_is_parameter):
         if isinstance(leaf, Parameter):
             seen.setdefault(id(leaf), leaf)
+    return list(seen.values())
+
+
+def named_parameters(tree: PyTree) -> list[tuple[str, Parameter]]:
+    """``(name, Parameter)`` for the Parameters of ``tree``, in :func:`parameters`' order.
+
+    Names are dotted paths as torch writes them (``{"fc1": {"weight": p}}`` ->
+    ``"fc1.weight"``, a list index -> ``"0"``; see :func:`lucid_fx.naming.dotted_name`).
+    Give them to an optimizer, as torch >= 2.6 takes ``model.named_parameters()``:
+    its state dicts then carry ``param_names`` and load by name, whatever the order.
+
+    Example:
+      >>> import jax.numpy as jnp, lucid_fx as fx
+      >>> model = {"fc1": {"weight": fx.Parameter(jnp.zeros((2, 3))), "bias": fx.Parameter(jnp.zeros(3))}}
+      >>> [name for name, _ in fx.named_parameters(model)]
+      ['fc1.bias', 'fc1.weight']
+    """
+    seen: dict[int, tuple[str, Parameter]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_parameter)[0]:
+        if isinstance(leaf, Parameter):
+            seen.setdefault(id(leaf), (dotted_name(path), leaf))
     return list(seen.values())
 
 
@@ -204,6 +235,7 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
       >>> float(p.grad)   # 2 * (2 * 2 * 3): accumulated
       24.0
     """
+    check_eager("fx.backward")
     leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_parameter)
     plain: list[Parameter] = []
     plain_index: dict[int, int] = {}
@@ -242,20 +274,29 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
     )
     static_positions = {i for i, _ in static_args}
     dynamic_args = [x for i, x in enumerate(arg_leaves) if i not in static_positions]
-    loss, grads, pack_grads = _value_and_accumulated_grad(
-        loss_fn,
-        treedef,
-        tuple(layout),
-        tuple(holder.layout for holder in packs),
-        [p.value for p in plain],
-        [holder.buffer for holder in packs],
-        arrays,
-        [p.grad for p in plain],
-        [holder.folded_grad() for holder in packs],
-        args_def,
-        static_args,
-        dynamic_args,
-    )
+    try:
+        loss, grads, pack_grads = _value_and_accumulated_grad(
+            loss_fn,
+            treedef,
+            tuple(layout),
+            tuple(holder.layout for holder in packs),
+            [p.value for p in plain],
+            [holder.buffer for holder in packs],
+            arrays,
+            [p.grad for p in plain],
+            [holder.folded_grad() for holder in packs],
+            args_def,
+            static_args,
+            dynamic_args,
+        )
+    except AttributeError as error:
+        if error.name in _PARAMETER_ATTRIBUTES and isinstance(error.obj, jax.core.Tracer):
+            raise AttributeError(
+                f"backward: loss_fn read .{error.name} of an array: loss_fn receives the tree "
+                f"with every Parameter replaced by its plain array, so write m['w'], "
+                f"not m['w'].{error.name}"
+            ) from error
+        raise
     for p, g in zip(plain, grads):
         p.grad = g
     used = [np.zeros(len(holder.layout), bool) for holder in packs]

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache, lru_cache
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,14 @@ from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.dispatch import wait_for
 from lucid_fx.packing import PackLayout, ParamPack, slot_mask
 from lucid_fx.sharding import to_host
+from lucid_fx.tracing import check_eager
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only, so 3.10 imports fine
 
 ParamGroup: TypeAlias = dict[str, Any]  # {"params": [Parameter, ...], "lr": ..., ...}
+# What optimizers take: Parameters, (name, Parameter) pairs, or param-group dicts of either.
+Params: TypeAlias = Iterable[Parameter] | Iterable[tuple[str, Parameter]] | Iterable[ParamGroup]
 StateDict: TypeAlias = dict[str, Any]
 Closure: TypeAlias = Callable[[], Any]
 PackState: TypeAlias = Any  # the factory's state NamedTuple over one pack's buffer
@@ -104,9 +110,16 @@ class Optimizer:
     structural_zeros: Mapping[str, str] = {}
     skip_flag: str | None = None
 
-    def __init__(self, params: Iterable[Parameter] | Iterable[ParamGroup], *args: Any, **kwargs: Any):
-        signature = inspect.signature(type(self).transform)
-        bound = signature.bind(*args, **kwargs)
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # A subclass's explicit __init__ (the signature IDEs and type checkers see)
+        # makes Python reject an unknown keyword tersely; bind here first to say more.
+        if args or kwargs:
+            _bind(cls, inspect.signature(cls.__init__), (None, *args), kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, params: Params, *args: Any, **kwargs: Any) -> None:
+        check_eager(f"{type(self).__name__}(...)")
+        bound = _bind(type(self), inspect.signature(type(self).transform), args, kwargs)
         bound.apply_defaults()
         self.defaults: dict[str, Any] = dict(bound.arguments)
         self._check_hyperparameters(self.defaults)
@@ -127,6 +140,13 @@ class Optimizer:
                 "params must be an ordered iterable (a list or tuple), not a set: "
                 "the order of a set changes between runs, and state dicts rely on it"
             )
+        if isinstance(params, Mapping):
+            hint = ("wrap the group in a list: [group]" if "params" in params
+                    else "pass fx.parameters(model) or fx.named_parameters(model)")
+            raise TypeError(
+                f"{type(self).__name__} got a dict as params (keys {sorted(map(str, params))[:5]}): "
+                f"{hint}"
+            )
         if isinstance(params, Parameter):
             raise TypeError("params must be an iterable of Parameters, not one Parameter: wrap it in a list")
         if not isinstance(params, Iterable):
@@ -143,6 +163,7 @@ class Optimizer:
         # storage, so a failed construction leaves the Parameters as they were.
         seen: set[int] = set()
         checked = [self._checked_group(group, seen) for group in groups]
+        _check_naming([*checked])
         for group in checked:
             self._add_checked_group(group)
 
@@ -160,8 +181,11 @@ class Optimizer:
 
     def add_param_group(self, param_group: ParamGroup) -> None:
         """Adds a group: ``{"params": [...], **hyper-parameters}``; missing keys take defaults."""
+        check_eager(f"{type(self).__name__}.add_param_group()")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
-        self._add_checked_group(self._checked_group(param_group, seen))
+        group = self._checked_group(param_group, seen)
+        _check_naming([*self.param_groups, group])
+        self._add_checked_group(group)
 
     def _add_checked_group(self, group: ParamGroup) -> None:
         self.param_groups.append(group)
@@ -180,9 +204,14 @@ class Optimizer:
             raise TypeError(
                 "a param group's params must be an ordered iterable (a list or tuple), not a set"
             )
-        params = list(params)
+        params, names = _split_names(list(params))
         if not params:
             raise ValueError("a param group must hold at least one Parameter")
+        if "param_names" in param_group:
+            raise ValueError(
+                "a param group gets its param_names from (name, Parameter) pairs: "
+                "pass 'params': fx.named_parameters(model) instead of a 'param_names' entry"
+            )
         unknown = set(param_group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(
@@ -207,7 +236,9 @@ class Optimizer:
                 )
             seen.add(id(p))
         group = {**self.defaults, **param_group, "params": params}
-        self._check_hyperparameters({k: v for k, v in group.items() if k != "params"})
+        self._check_hyperparameters(_hyperparameters(group))
+        if names is not None:
+            group["param_names"] = names
         return group
 
     def _make_packs(self, params: list[Parameter]) -> list[ParamPack]:
@@ -277,7 +308,7 @@ class Optimizer:
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
             lines.append(f"    params: {len(group['params'])} Parameter(s)")
-            lines.extend(f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params")
+            lines.extend(f"    {k}: {v}" for k, v in sorted(_hyperparameters(group).items()))
         lines.append(")")
         return "\n".join(lines)
 
@@ -285,6 +316,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clears every ``.grad``: to ``None`` (default) or, if set, to zeros."""
+        check_eager(f"{type(self).__name__}.zero_grad()")
         self._check_not_retired()
         for packs in self._packs:
             for pack in packs:
@@ -301,6 +333,7 @@ class Optimizer:
         ``None``. Parameters without a gradient are skipped, their state untouched.
         The whole step is one compiled call; on error nothing has changed.
         """
+        check_eager(f"{type(self).__name__}.step()")
         args: tuple[Any, ...] = (closure,) if closure is not None else ()
         kwargs: dict[str, Any] = {}
         for hook in list(self._step_pre_hooks.values()):
@@ -318,7 +351,7 @@ class Optimizer:
         self, group: ParamGroup, packs: list[ParamPack]
     ) -> tuple[tuple[tuple[str, Any], ...], dict[str, jax.Array]]:
         """Splits a group's hyper-parameters into the compile key and the traced arrays."""
-        self._check_hyperparameters({k: v for k, v in group.items() if k != "params"})
+        self._check_hyperparameters(_hyperparameters(group))
         static: list[tuple[str, Any]] = []
         arrays: dict[str, jax.Array] = {}
         for name in self.defaults:
@@ -437,6 +470,7 @@ class Optimizer:
         size, unknown or missing keys, shapes, dtypes); the optimizer is then
         unchanged. Each buffer is placed with its Parameter's current sharding.
         """
+        check_eager(f"{type(self).__name__}.load_state_dict()")
         for hook in list(self._load_pre_hooks.values()):
             returned = hook(self, state_dict)
             if returned is not None:
@@ -485,28 +519,29 @@ class Optimizer:
                     f"param_groups[{gi}] holds {len(saved.get('params', ()))} parameter(s) in "
                     f"the state dict, {len(group['params'])} in the optimizer"
                 )
-            unknown = set(saved) - set(self.defaults) - {"params"}
+            unknown = set(saved) - set(self.defaults) - {"params", "param_names"}
             if unknown:
                 raise ValueError(f"param_groups[{gi}] has unknown key(s) {sorted(unknown)}")
-            hyper = {k: v for k, v in saved.items() if k != "params"}
+            hyper = _hyperparameters(saved)
             try:
                 self._check_hyperparameters({**self.defaults, **hyper})
             except ValueError as error:
                 raise ValueError(f"param_groups[{gi}]: {error}") from None
             new_groups.append(hyper)
-        index_to_param: dict[Any, Parameter] = {}
-        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            for index, p in zip(saved["params"], group["params"]):
+        seen_indices: set[Any] = set()
+        for gi, saved in enumerate(saved_groups):
+            for index in saved["params"]:
                 if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
                     raise ValueError(
                         f"param_groups[{gi}]['params'] holds {index!r:.40}; expected integer indices"
                     )
-                if index in index_to_param:
+                if index in seen_indices:
                     raise ValueError(
                         f"param_groups[{gi}] lists parameter index {index!r} again; each index "
                         f"may appear once in a state dict's param_groups"
                     )
-                index_to_param[index] = p
+                seen_indices.add(index)
+        index_to_param = self._pair_saved_params(saved_groups)
         entries: dict[Parameter, dict[str, np.ndarray]] = {}
         for index, entry in sd["state"].items():
             if index not in index_to_param:
@@ -514,6 +549,40 @@ class Optimizer:
             p = index_to_param[index]
             entries[p] = self._checked_entry(p, entry, where=f"state[{index!r}]")
         return new_groups, entries
+
+    def _pair_saved_params(self, saved_groups: Sequence[Mapping[str, Any]]) -> dict[Any, Parameter]:
+        """Saved index -> this optimizer's Parameter: by name when the dict has names.
+
+        Without ``param_names`` the pairing is by position, as in torch; that
+        is only right if both sides list the parameters in the same order.
+        """
+        if not any("param_names" in saved for saved in saved_groups):
+            return {index: p for saved, group in zip(saved_groups, self.param_groups)
+                    for index, p in zip(saved["params"], group["params"])}
+        if "param_names" not in self.param_groups[0]:
+            raise ValueError(
+                "the state dict names its parameters (param_names), this optimizer's "
+                "parameters have no names: create it with fx.named_parameters(model) so "
+                "that they pair by name"
+            )
+        saved_index: dict[str, Any] = {}
+        for gi, saved in enumerate(saved_groups):
+            names = saved.get("param_names")
+            if not isinstance(names, (list, tuple)) or len(names) != len(saved["params"]):
+                raise ValueError(
+                    f"param_groups[{gi}]['param_names'] must list one name per entry of "
+                    f"'params' ({len(saved['params'])}), got {names!r:.80}"
+                )
+            saved_index.update(zip(names, saved["params"]))
+        mine = {name: p for group in self.param_groups
+                for name, p in zip(group["param_names"], group["params"])}
+        missing, unexpected = sorted(set(mine) - set(saved_index)), sorted(set(saved_index) - set(mine))
+        if missing or unexpected:
+            raise ValueError(
+                f"the state dict's parameter names do not match the optimizer's: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        return {saved_index[name]: p for name, p in mine.items()}
 
     def _checked_entry(self, p: Parameter, entry: Any, *, where: str) -> dict[str, np.ndarray]:
         """A saved per-parameter dict as host arrays, checked against the state's template."""
@@ -600,6 +669,56 @@ class Optimizer:
 
 
 # ----- helpers shared by step and load -----------------------------------------------
+
+
+def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A param group's hyper-parameters: everything but its params and their names."""
+    return {k: v for k, v in group.items() if k not in ("params", "param_names")}
+
+
+def _is_named_pair(entry: Any) -> bool:
+    return isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+
+
+def _split_names(entries: list[Any]) -> tuple[list[Any], list[str] | None]:
+    """``[(name, p), ...]`` -> ``([p, ...], [name, ...])``; plain Parameters -> ``(entries, None)``."""
+    named = [_is_named_pair(e) for e in entries]
+    if not any(named):
+        return entries, None
+    if not all(named):
+        i = named.index(False)
+        raise TypeError(
+            f"params mixes (name, Parameter) pairs and plain entries (params[{i}] is a "
+            f"{type(entries[i]).__name__}): pass fx.named_parameters(model) or fx.parameters(model)"
+        )
+    return [p for _, p in entries], [name for name, _ in entries]
+
+
+def _check_naming(groups: list[ParamGroup]) -> None:
+    """All groups named or none (as torch requires), and every name once across them."""
+    named = ["param_names" in g for g in groups]
+    if any(named) and not all(named):
+        raise ValueError(
+            "either every param group gives (name, Parameter) pairs or none does: "
+            "state dicts pair parameters by name only when all have one"
+        )
+    counts = Counter(n for g in groups for n in g.get("param_names", ()))
+    repeated = sorted(n for n, count in counts.items() if count > 1)
+    if repeated:
+        raise ValueError(f"parameter name(s) {repeated} appear more than once")
+
+
+def _bind(cls: type, signature: inspect.Signature, args: Any, kwargs: Any) -> inspect.BoundArguments:
+    """``signature.bind(*args, **kwargs)``; a mistake names the class and its valid keys."""
+    try:
+        return signature.bind(*args, **kwargs)
+    except TypeError as error:
+        valid = [n for n, p in signature.parameters.items()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"]
+        unknown = sorted(set(kwargs) - set(valid))
+        problem = (f"got unknown keyword argument(s) {unknown}" if unknown
+                   else f"was called wrongly ({error})")
+        raise TypeError(f"{cls.__name__} {problem}; its arguments are {', '.join(valid)}") from None
 
 
 def _fields(state: PackState) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx import torch_compat
-from lucid_fx.optimizer import Optimizer, StateDict
+from lucid_fx.optimizer import Optimizer, Params, StateDict
 from lucid_fx.rmsprop import rmsprop
 
 
@@ -70,6 +69,28 @@ class RMSprop(Optimizer):
     structural_zeros = {"momentum": "momentum_buffer"}
     skip_flag = "skip_nonfinite"
 
+    # Spelled out for IDEs and type checkers; test_public_api checks it against
+    # the factory's, which is where the defaults are defined.
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        eps: float = 1e-08,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+        state_dtype: Any | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+            centered=centered, maximize=maximize, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
+        )
+
     def load_state_dict(self, state_dict: StateDict) -> None:
         """Restores a :meth:`state_dict`, or a ``torch.optim.RMSprop.state_dict()``.
 
@@ -123,10 +144,3 @@ def _check_state_values(state_dict: Any) -> None:
                     f"state[{index!r}][{key!r}] holds a negative value ({np.min(array)}); "
                     f"{what} is never negative: the state dict was edited or corrupted"
                 )
-
-
-# The page's signature for help() and IDEs, taken from the factory: defaults live there.
-RMSprop.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     *inspect.signature(rmsprop).parameters.values()]
-)

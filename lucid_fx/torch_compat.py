@@ -241,6 +241,8 @@ def rmsprop_state_dict_to_torch(
         }
         torch_group.update(capturable=False, foreach=None, differentiable=False)
         torch_group["params"] = list(group["params"])
+        if "param_names" in group:  # torch >= 2.6 keeps them beside the indices
+            torch_group["param_names"] = list(group["param_names"])
         groups.append(torch_group)
         lr_of.update({i: (gi, torch_group) for i in group["params"]})
     state: dict[Any, Any] = {}
