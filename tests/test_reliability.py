@@ -252,6 +252,13 @@ def _state_rows() -> list[BadInput]:
                  r"exactly the keys 'state' and 'param_groups', "
                  r"got \['extra', 'param_groups', 'state'\]",
                  _load(lambda sd: _set(sd, ("extra",), 1))),
+        BadInput("load-named-into-unnamed", load,
+                 "a state dict with `param_names` into an optimizer made without names",
+                 ValueError, r"the state dict names its parameters \(param_names\), this "
+                 r"optimizer's parameters have no names: create it with "
+                 r"fx\.named_parameters\(model\)",
+                 _load(lambda sd: [g.__setitem__("param_names", [f"p{i}" for i in g["params"]])
+                                   for g in sd["param_groups"]])),
         BadInput("load-group-count", load, "from an optimizer with one group (ours has two)",
                  ValueError, r"state dict has 1 param group\(s\), the optimizer has 2",
                  lambda w: w.optimizer.load_state_dict(_other_optimizer_state_dict(one_group))),
@@ -414,6 +421,25 @@ def _other_rows() -> list[BadInput]:
         BadInput("params-array", ctor, "a jax array instead of a Parameter", TypeError,
                  r"optimizer can only optimize fx\.Parameter objects, but params\[0\] is a "
                  r"ArrayImpl: wrap arrays in fx\.Parameter", lambda w: fx.RMSprop([w.params["w"]])),
+        BadInput("params-dict", ctor, "the model dict itself instead of its Parameters",
+                 TypeError, r"got a dict as params \(keys \['b', 'w'\]\): pass "
+                 r"fx\.parameters\(model\) or fx\.named_parameters\(model\)",
+                 lambda w: fx.RMSprop({"w": w.w, "b": w.b})),
+        BadInput("unknown-keyword", ctor, "another optimizer's keyword (`betas=`)", TypeError,
+                 r"RMSprop got unknown keyword argument\(s\) \['betas'\]; its arguments are "
+                 r"params, lr, alpha, eps", lambda w: fx.RMSprop([p()], betas=(0.9, 0.999))),
+        BadInput("params-names-mixed", ctor, "(name, Parameter) pairs mixed with Parameters",
+                 TypeError, r"params mixes \(name, Parameter\) pairs and plain entries",
+                 lambda w: fx.RMSprop([("a", p()), p()])),
+        BadInput("step-under-jit", _STEP, "`optimizer.step()` inside `jax.jit`", RuntimeError,
+                 r"RMSprop\.step\(\) was called under a JAX transformation .* use the "
+                 r"functional face inside jit",
+                 lambda w: jax.jit(lambda x: (w.optimizer.step(), x)[1])(1.0)),
+        BadInput("value-in-loss", "fx.backward(loss_fn, model)",
+                 "`m['w'].value` inside the loss function", AttributeError,
+                 r"loss_fn receives the tree with every Parameter replaced by its plain array, "
+                 r"so write m\['w'\], not m\['w'\]\.value",
+                 lambda w: fx.backward(lambda m: jnp.sum(m["w"].value), {"w": w.w})),
         BadInput("params-int32", ctor, "an int32 Parameter", TypeError,
                  r"can only optimize floating-point Parameters, but params\[1\] has dtype int32",
                  lambda w: fx.RMSprop([p(), fx.Parameter(jnp.ones(2, jnp.int32))])),
