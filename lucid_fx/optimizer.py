@@ -32,7 +32,7 @@ import numpy as np
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.dispatch import wait_for
-from lucid_fx.packing import PackLayout, ParamPack, slot_mask
+from lucid_fx.packing import PackLayout, ParamPack, per_array, per_element, slot_mask
 from lucid_fx.sharding import to_host
 from lucid_fx.tracing import check_eager
 
@@ -86,7 +86,8 @@ def _cached_hyper_array(value: Any, kind: str, dtype: np.dtype) -> jax.Array:
 
 def _packable(p: Parameter) -> bool:
     value = p.value
-    return value.size <= PACK_MAX_ELEMENTS and len(value.sharding.device_set) == 1
+    # An empty array has no element to carry its per-parameter counts in a buffer.
+    return 0 < value.size <= PACK_MAX_ELEMENTS and len(value.sharding.device_set) == 1
 
 
 class Optimizer:
@@ -424,14 +425,18 @@ class Optimizer:
             getattr(state, name) is not None for name, t in template.items() if t is not None
         ):
             return state
+        # New fields start where the transform's own init starts them, laid out
+        # like the buffer (its init places them); step counts are one per parameter.
+        fresh = type(self).transform(**dict(static), **arrays).init(pack.buffer)
         fields = {}
         for name, t in template.items():
             old = None if state is None else getattr(state, name)
             if old is not None or t is None:
                 fields[name] = old
+            elif name == "step":
+                fields[name] = jnp.broadcast_to(fresh.step, t.shape).astype(t.dtype)
             else:
-                sharding = pack.buffer.sharding if t.shape == pack.buffer.shape else None
-                fields[name] = jax.device_put(np.zeros(t.shape, t.dtype), sharding)
+                fields[name] = getattr(fresh, name)
         return _state_type(type(self).transform)(**fields)
 
     # ----- state dicts --------------------------------------------------------------
@@ -477,9 +482,10 @@ class Optimizer:
                 state_dict = returned
         new_groups, entries = self._validated(state_dict)
         new_pack_state, new_initialized = {}, {}
-        for packs in self._packs:
+        for group, hyper, packs in zip(self.param_groups, new_groups, self._packs):
+            tx = type(self).transform(**{**_hyperparameters(group), **hyper})
             for pack in packs:
-                state, initialized = self._pack_state_from_entries(pack, entries)
+                state, initialized = self._pack_state_from_entries(pack, entries, tx)
                 new_pack_state[pack], new_initialized[pack] = state, initialized
         for group, hyper in zip(self.param_groups, new_groups):
             group.update(hyper)
@@ -607,12 +613,14 @@ class Optimizer:
         return checked
 
     def _pack_state_from_entries(
-        self, pack: ParamPack, entries: Mapping[Parameter, dict[str, np.ndarray]]
+        self, pack: ParamPack, entries: Mapping[Parameter, dict[str, np.ndarray]],
+        tx: GradientTransformation,
     ) -> tuple[PackState | None, np.ndarray]:
-        """One pack's state assembled from per-parameter entries (zeros where absent)."""
+        """One pack's state assembled from per-parameter entries (``tx.init``'s where absent)."""
         initialized = np.array([p in entries for p in pack.params])
         if not initialized.any():
             return None, initialized
+        fresh = _fields(tx.init(pack.buffer))
         fields: dict[str, Any] = {}
         for name, kind in _field_kinds(type(self).transform).items():
             present = [(slot, entries[p][name]) for slot, p in enumerate(pack.params)
@@ -628,7 +636,8 @@ class Optimizer:
                 fields[name] = jax.device_put(max((v for _, v in present), key=int))
             else:
                 dtype = present[0][1].dtype
-                buffer = np.zeros(pack.layout.buffer_shape, dtype)
+                buffer = (np.array(to_host(fresh[name]), dtype) if name in fresh
+                          else np.zeros(pack.layout.buffer_shape, dtype))
                 flat = buffer.reshape(-1)
                 for slot, value in present:
                     start = pack.layout.offsets[slot]
@@ -867,7 +876,11 @@ def _compiled_step(
             # the transform sees only the fields it uses.
             template = _pack_template(factory, static, tuple(sorted(hyper)), layout)
             used = old._replace(**{name: None for name, t in template.items() if t is None})
+            # Per-parameter counts reach the math per element (Adam's bias correction
+            # differs between the parameters of one buffer) and come back per parameter.
+            used = used._replace(step=per_element(used.step, layout))
             update, new = tx.update(g, used, value)
+            new = new._replace(step=per_array(new.step, layout))
             new_value = _masked(mask, layout, "buffer", apply_updates(value, update), value)
             new = type(new)(*(
                 # re-attach unchanged the buffers this configuration leaves alone

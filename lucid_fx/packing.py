@@ -105,11 +105,28 @@ def unpack(buffer: jax.Array, layout: PackLayout) -> list[jax.Array]:
     ]
 
 
+def per_element(values: jax.Array, layout: PackLayout) -> jax.Array:
+    """One value per array (a vector) -> that value at every element of its array.
+
+    The per-parameter scalars of a packed buffer (a step count, a mask) become
+    an array the buffer's element-wise math broadcasts against; for a buffer of
+    one array, the scalar itself.
+    """
+    if len(layout) == 1:
+        return values.reshape(())
+    return jnp.repeat(values, np.asarray(layout.sizes), total_repeat_length=layout.total)
+
+
+def per_array(values: jax.Array, layout: PackLayout) -> jax.Array:
+    """The inverse of :func:`per_element`: each array's value, read at its first element."""
+    if len(layout) == 1:
+        return jnp.reshape(values, (1,))
+    return jnp.broadcast_to(values, layout.buffer_shape)[np.asarray(layout.offsets)]
+
+
 def slot_mask(mask: jax.Array, layout: PackLayout) -> jax.Array:
     """Per-element booleans of ``layout``'s buffer from per-array booleans ``mask``."""
-    if not layout.flat:
-        return jnp.broadcast_to(mask[0], layout.buffer_shape)
-    return jnp.repeat(mask, np.asarray(layout.sizes), total_repeat_length=layout.total)
+    return jnp.broadcast_to(per_element(mask, layout), layout.buffer_shape)
 
 
 _pack_jit = jax.jit(pack, static_argnums=1)
