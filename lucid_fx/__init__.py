@@ -9,6 +9,7 @@ from lucid_fx.base import (
     identity,
     stateless,
 )
+from lucid_fx.clip_grad import clip_grad_norm_, clip_grad_value_
 from lucid_fx.clipping import clip_by_global_norm, global_norm
 from lucid_fx.dispatch import limit_in_flight
 from lucid_fx.flat import FlatLayout, flatten
@@ -31,6 +32,8 @@ __all__ = [
     "backward",
     "chain",
     "clip_by_global_norm",
+    "clip_grad_norm_",
+    "clip_grad_value_",
     "flatten",
     "global_norm",
     "identity",

@@ -21,7 +21,7 @@ import inspect
 import itertools
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cache, lru_cache
+from functools import cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -32,7 +32,8 @@ import numpy as np
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.dispatch import wait_for
-from lucid_fx.packing import PackLayout, ParamPack, per_array, per_element, slot_mask
+from lucid_fx.hyperparameters import as_traced, is_static
+from lucid_fx.packing import PackLayout, ParamPack, check_grad, per_array, per_element, slot_mask
 from lucid_fx.sharding import to_host
 from lucid_fx.tracing import check_eager
 
@@ -62,26 +63,6 @@ class RemovableHandle:
 
     def remove(self) -> None:
         self._hooks.pop(self.id, None)
-
-
-def _is_static(value: Any) -> bool:
-    """Values that shape the compiled step (flags, dtypes, None) rather than feed it."""
-    return value is None or isinstance(value, (bool, np.bool_, str, np.dtype, type))
-
-
-def _as_hyper_array(value: Any) -> jax.Array:
-    # float64 when x64 is on, so float64 parameters see their exact hyper-parameters.
-    dtype = jnp.result_type(float)
-    if isinstance(value, (int, float, np.number)):
-        return _cached_hyper_array(value, type(value).__name__, dtype)
-    return jnp.asarray(value, dtype=dtype)
-
-
-@lru_cache(maxsize=4096)
-def _cached_hyper_array(value: Any, kind: str, dtype: np.dtype) -> jax.Array:
-    # Steps reuse one device scalar per distinct value instead of a transfer each.
-    del kind  # part of the key only: 1 and 1.0 hash alike
-    return jnp.asarray(value, dtype=dtype)
 
 
 def _packable(p: Parameter) -> bool:
@@ -358,14 +339,14 @@ class Optimizer:
         for name in self.defaults:
             value = group[name]
             field = self.structural_zeros.get(name)
-            if _is_static(value):
+            if is_static(value):
                 static.append((name, bool(value) if isinstance(value, np.bool_) else value))
             elif field is not None and value == 0 and not any(
                 getattr(self._pack_state.get(pack), field, None) is not None for pack in packs
             ):
                 static.append((name, 0))
             else:
-                arrays[name] = _as_hyper_array(value)
+                arrays[name] = as_traced(value)
         return tuple(static), arrays
 
     def _check_not_retired(self) -> None:
@@ -381,7 +362,7 @@ class Optimizer:
         for packs in self._packs:
             for pack in packs:
                 for slot, grad in pack.grad_overrides.items():
-                    _check_grad(pack.params[slot], grad, pack.layout, slot)
+                    check_grad(pack.params[slot], grad, pack.layout, slot)
         keys, hypers, buffers, grads, states, masks, active = [], [], [], [], [], [], []
         for group, packs in zip(self.param_groups, self._packs):
             static, arrays = self._group_call(group, packs)
@@ -748,19 +729,6 @@ def _slot_entry(
             start, size = layout.offsets[slot], layout.sizes[slot]
             entry[name] = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
     return entry
-
-
-def _check_grad(p: Parameter, g: Any, layout: PackLayout, slot: int) -> None:
-    shape, dtype = layout.shapes[slot], layout.dtype
-    if not isinstance(g, jax.Array):
-        raise TypeError(f"{p!r} has a .grad of type {type(g).__name__}; expected a jax.Array")
-    if g.shape != shape:
-        raise ValueError(f"{p!r} has a gradient of shape {tuple(g.shape)}; expected {shape}")
-    if g.dtype != dtype:
-        raise ValueError(
-            f"{p!r} has a gradient of dtype {g.dtype}; expected {dtype} "
-            f"(cast the gradient, or the loss inputs, to the parameter's dtype)"
-        )
 
 
 def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, Any]:

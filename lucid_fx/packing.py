@@ -129,6 +129,23 @@ def slot_mask(mask: jax.Array, layout: PackLayout) -> jax.Array:
     return jnp.broadcast_to(per_element(mask, layout), layout.buffer_shape)
 
 
+def check_grad(p: Parameter, g: Any, layout: PackLayout, slot: int, *, caller: str = "") -> None:
+    """Raises unless ``g`` is a jax.Array of slot ``slot``'s shape and dtype in ``layout``.
+
+    ``caller`` prefixes the message (``"clip_grad_norm_: "``).
+    """
+    shape, dtype = layout.shapes[slot], layout.dtype
+    if not isinstance(g, jax.Array):
+        raise TypeError(f"{caller}{p!r} has a .grad of type {type(g).__name__}; expected a jax.Array")
+    if g.shape != shape:
+        raise ValueError(f"{caller}{p!r} has a gradient of shape {tuple(g.shape)}; expected {shape}")
+    if g.dtype != dtype:
+        raise ValueError(
+            f"{caller}{p!r} has a gradient of dtype {g.dtype}; expected {dtype} "
+            f"(cast the gradient, or the loss inputs, to the parameter's dtype)"
+        )
+
+
 _pack_jit = jax.jit(pack, static_argnums=1)
 
 

@@ -229,6 +229,8 @@ CALLS = {
     "value =": lambda opt, model: setattr(model["w"], "value", jnp.zeros(3)),
     "grad =": lambda opt, model: setattr(model["w"], "grad", jnp.zeros(3)),
     "construct": lambda opt, model: fx.RMSprop([fx.Parameter(jnp.zeros(2))]),
+    "clip_grad_norm_": lambda opt, model: fx.clip_grad_norm_(fx.parameters(model), 0.1),
+    "clip_grad_value_": lambda opt, model: fx.clip_grad_value_(fx.parameters(model), 0.1),
 }
 
 
