@@ -172,8 +172,12 @@ def test_state_dict_gathers_on_every_process_and_loads_back_split(
 # about 200 steps on (lucid_fx.dispatch); the 30-step smoke run never showed it.
 
 EXAMPLE = WORKER.parent.parent / "examples" / "distributed.py"
-# The example prints losses with 6 decimals; runs on other device counts differ by rounding.
-RTOL_PRINTED_LOSS = 1e-4
+# Runs on other device counts add the batch's gradient in another order; over 300
+# RMSprop steps (g/sqrt(v) magnifies early differences while v is small) the final
+# loss drifts by a few units of its 6th decimal: measured 0.012397 on one device,
+# 0.012398 on 8 and 0.012399 on 2 x 2 (1.6e-4 relative). A wrong update is off by far
+# more: one step fewer moves it by 6e-3 relative (0.012476).
+RTOL_PRINTED_LOSS = 5e-4
 EXAMPLE_DEADLINE_S = 120  # a run takes about 10 s here; XLA's rendezvous aborts at 40 s
 
 
