@@ -16,6 +16,7 @@ from lucid_fx.flat import FlatLayout, flatten
 from lucid_fx.optimizer import Optimizer, RemovableHandle
 from lucid_fx.rmsprop import RMSpropState, rmsprop
 from lucid_fx.rmsprop_optimizer import RMSprop
+from lucid_fx.weights import load_values, values
 
 __version__ = "0.1.0"
 
@@ -38,8 +39,10 @@ __all__ = [
     "global_norm",
     "identity",
     "limit_in_flight",
+    "load_values",
     "named_parameters",
     "parameters",
     "rmsprop",
     "stateless",
+    "values",
 ]

@@ -71,7 +71,9 @@ class Parameter:
     def value(self, value: Any) -> None:
         check_eager("Parameter.value = ...", value)
         if self._pack is None:
-            self._value = jnp.asarray(value)
+            # A copy, as in __init__: on CPU, jnp.asarray may alias a NumPy array's
+            # memory, which the caller can still write to (or an optimizer donate).
+            self._value = jnp.array(value, copy=True)
         else:
             self._pack.set_value(self._slot, value)
 
