@@ -2,18 +2,17 @@
 
 The per-element update lives in :func:`rmsprop_kernel`, one function that
 returns every new buffer, so XLA fuses each leaf's update into a single pass
-over memory. :func:`rmsprop` wraps it in the ``init``/``update`` protocol; the
-stateful :class:`lucid_fx.RMSprop` calls the same factory.
+over memory. :func:`rmsprop` wraps it in the ``init``/``update`` protocol with
+the blocks of :mod:`lucid_fx.elementwise`; the stateful :class:`lucid_fx.RMSprop`
+calls the same factory.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lucid_fx.base import (
     GradientTransformation,
@@ -22,16 +21,26 @@ from lucid_fx.base import (
     ScalarOrSchedule,
     Updates,
 )
+from lucid_fx.elementwise import (
+    buffer_dtype,
+    check_float_leaves,
+    check_state,
+    check_update_trees,
+    compute_dtype,
+    hyper,
+    keep_old_if_nonfinite,
+    map_kernel,
+    next_step,
+    real_dtype,
+    scheduled,
+)
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
     check_hyperparameter,
-    check_same_structure,
     is_static_zero,
 )
-
-_INT32_MAX = np.iinfo(np.int32).max
 
 
 class RMSpropState(NamedTuple):
@@ -74,21 +83,16 @@ def rmsprop_kernel(
     its precision for bfloat16/float16); each output keeps its input's dtype,
     and the step uses the new buffers as rounded to those dtypes.
     """
-    compute = jnp.result_type(
-        grad, square_avg, jnp.float32, *([] if grad_avg is None else [grad_avg])
-    )
-    real = jnp.finfo(compute).dtype  # complex64 -> float32, and so on
-
-    def hyper(x: Any) -> jax.Array:
-        return jnp.asarray(x).astype(real)
-
+    compute = compute_dtype(grad, square_avg, grad_avg)
+    real = real_dtype(compute)  # complex64 -> float32, and so on
+    h = lambda x: hyper(x, real)
     g = grad.astype(compute)
     if weight_decay is not None:
         if param is None:
             raise ValueError("rmsprop_kernel: weight_decay needs the parameter")
-        g = g + hyper(weight_decay) * param.astype(compute)
+        g = g + h(weight_decay) * param.astype(compute)
     # 1 - α from α's own precision: from a rounded α it loses digits (α = 0.999 in float32).
-    a, one_minus_a = hyper(alpha), hyper(1 - alpha)
+    a, one_minus_a = h(alpha), h(1 - alpha)
     # Each new buffer is rounded to its stored dtype first and the step goes on
     # from the stored value (as torch does): then every output loop reads only
     # the old state, which donation may overwrite, and needs no defensive copy.
@@ -101,13 +105,13 @@ def rmsprop_kernel(
         gbar = new_grad_avg.astype(compute)
         # Rounding can push v - |ḡ|² below 0; torch and optax then return NaN.
         variance = jnp.maximum(v - jnp.real(gbar * jnp.conj(gbar)), 0)
-        denom = jnp.sqrt(variance) + hyper(eps)
+        denom = jnp.sqrt(variance) + h(eps)
     else:
-        denom = jnp.sqrt(v) + hyper(eps)
+        denom = jnp.sqrt(v) + h(eps)
         new_grad_avg = None
-    scaled = hyper(lr) * g / denom
+    scaled = h(lr) * g / denom
     if momentum_buffer is not None:
-        new_buffer = (hyper(momentum) * momentum_buffer.astype(compute) + scaled).astype(
+        new_buffer = (h(momentum) * momentum_buffer.astype(compute) + scaled).astype(
             momentum_buffer.dtype
         )
         delta = -new_buffer.astype(compute)
@@ -115,51 +119,6 @@ def rmsprop_kernel(
         delta = -scaled
         new_buffer = None
     return delta.astype(grad.dtype), new_v, new_grad_avg, new_buffer
-
-
-def _buffer_dtypes(param_dtype: Any, state_dtype: Any | None) -> tuple[Any, Any]:
-    """(dtype of v, dtype of ḡ and b) for a parameter of ``param_dtype``."""
-    base = jnp.dtype(param_dtype if state_dtype is None else state_dtype)
-    if jnp.issubdtype(param_dtype, jnp.complexfloating):
-        full = jnp.result_type(base, jnp.complex64) if not jnp.issubdtype(
-            base, jnp.complexfloating) else base
-        return jnp.finfo(full).dtype, full
-    return base, base
-
-
-def _check_float(path: Any, leaf: Any, *, what: str = "parameters") -> None:
-    where = jax.tree_util.keystr(path) or f"the {what[:-1]}"
-    try:
-        dtype = jnp.result_type(leaf)
-    except TypeError:
-        raise TypeError(f"rmsprop: {what} must be arrays; {where} is a {type(leaf).__name__}") from None
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(
-            f"rmsprop optimizes floating-point {what} only; {where} has dtype {dtype}. "
-            f"Cast it (e.g. x.astype(jnp.float32)) or leave it out of the optimized tree."
-        )
-
-
-def _check_state(state: Any, *, centered: bool, momentum: bool, skip_nonfinite: bool) -> None:
-    """Refuses a state made by another transform, or by rmsprop with other flags.
-
-    Otherwise a plain state fed to a centered transform would silently run
-    plain RMSprop (its ``grad_avg`` is ``None``).
-    """
-    if not isinstance(state, RMSpropState):
-        raise TypeError(
-            f"rmsprop: state must be the RMSpropState made by this transform's init, "
-            f"got {type(state).__name__}"
-        )
-    checks = [("skipped", skip_nonfinite, "skip_nonfinite")]
-    if state.square_avg is not None:  # an empty tree of params has None for every buffer
-        checks += [("grad_avg", centered, "centered"), ("momentum_buffer", momentum, "momentum")]
-    for field, used, flag in checks:
-        if (getattr(state, field) is not None) != used:
-            raise ValueError(
-                f"rmsprop: the state {'lacks' if used else 'has'} {field}, so it was made by "
-                f"an rmsprop with a different {flag}; make it with this transform's init"
-            )
 
 
 def rmsprop(
@@ -247,77 +206,60 @@ def rmsprop(
     use_weight_decay = not is_static_zero(weight_decay)
 
     def init(params: Params) -> RMSpropState:
-        jax.tree_util.tree_map_with_path(_check_float, params)
+        check_float_leaves("rmsprop", params)
 
-        def zeros(p: jax.Array, which: int) -> jax.Array:
-            return zeros_like_param(p, _buffer_dtypes(jnp.result_type(p), state_dtype)[which])
+        def zeros(p: jax.Array, real: bool) -> jax.Array:
+            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype, real=real))
 
         return RMSpropState(
             step=jnp.zeros((), jnp.int32),
-            square_avg=jax.tree.map(lambda p: zeros(p, 0), params),
-            grad_avg=jax.tree.map(lambda p: zeros(p, 1), params) if centered else None,
-            momentum_buffer=jax.tree.map(lambda p: zeros(p, 1), params) if use_momentum else None,
+            square_avg=jax.tree.map(lambda p: zeros(p, True), params),
+            grad_avg=jax.tree.map(lambda p: zeros(p, False), params) if centered else None,
+            momentum_buffer=(
+                jax.tree.map(lambda p: zeros(p, False), params) if use_momentum else None
+            ),
             skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
         )
 
     def update(
         updates: Updates, state: OptState, params: Params | None = None
     ) -> tuple[Updates, RMSpropState]:
-        _check_state(state, centered=centered, momentum=use_momentum, skip_nonfinite=skip_nonfinite)
-        check_same_structure(state.square_avg, updates, what="gradients", against="the state")
-        jax.tree_util.tree_map_with_path(partial(_check_float, what="gradients"), updates)
-        if use_weight_decay:
-            if params is None:
-                raise ValueError(
-                    "rmsprop: weight_decay is non-zero, so update() needs params: "
-                    "call tx.update(grads, state, params)"
-                )
-            check_same_structure(state.square_avg, params, what="params", against="the state")
+        # An empty tree of params has None for every buffer: nothing to compare there.
+        check_state(
+            "rmsprop", state, RMSpropState,
+            always=[("skipped", skip_nonfinite, "skip_nonfinite")],
+            per_parameter=[("grad_avg", centered, "centered"),
+                           ("momentum_buffer", use_momentum, "momentum")],
+            has_parameters=lambda s: s.square_avg is not None,
+        )
+        check_update_trees(
+            "rmsprop", state.square_avg, updates, params,
+            needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        )
         grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        step_lr = lr(state.step) if callable(lr) else lr
-        treedef: Any = jax.tree.structure(state.square_avg)
-
-        def leaves(tree: Any) -> list[Any]:
-            return [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
-
-        outs = [
-            rmsprop_kernel(
-                g, p, v, gbar, b,
-                lr=step_lr, alpha=alpha, eps=eps,
-                weight_decay=weight_decay if use_weight_decay else None,
-                momentum=momentum if use_momentum else None,
-            )
-            for g, p, v, gbar, b in zip(
-                leaves(grads),
-                leaves(params if use_weight_decay else None),
-                leaves(state.square_avg),
-                leaves(state.grad_avg),
-                leaves(state.momentum_buffer),
-            )
-        ]
-        deltas, vs, gbars, bs = (list(column) for column in zip(*outs)) if outs else ([],) * 4
+        deltas, vs, gbars, bs = map_kernel(
+            rmsprop_kernel,
+            jax.tree.structure(state.square_avg),
+            grads,
+            params if use_weight_decay else None,
+            state.square_avg,
+            state.grad_avg,
+            state.momentum_buffer,
+            present=(True, True, centered, use_momentum),
+            lr=scheduled(lr, state.step), alpha=alpha, eps=eps,
+            weight_decay=weight_decay if use_weight_decay else None,
+            momentum=momentum if use_momentum else None,
+        )
         new_state = RMSpropState(
-            step=jnp.minimum(state.step, _INT32_MAX - 1) + 1,
-            square_avg=treedef.unflatten(vs),
-            grad_avg=treedef.unflatten(gbars) if centered else None,
-            momentum_buffer=treedef.unflatten(bs) if use_momentum else None,
+            step=next_step(state.step),
+            square_avg=vs,
+            grad_avg=gbars,
+            momentum_buffer=bs,
             skipped=state.skipped,
         )
-        new_updates = treedef.unflatten(deltas)
         if skip_nonfinite:
-            new_updates, new_state = _keep_old_if_nonfinite(grads, new_updates, state, new_state)
-        return new_updates, new_state
+            return keep_old_if_nonfinite(grads, deltas, state, new_state)
+        return deltas, new_state
 
     return GradientTransformation(init, update)
 
-
-def _keep_old_if_nonfinite(
-    grads: Updates, new_updates: Updates, old: RMSpropState, new: RMSpropState
-) -> tuple[Updates, RMSpropState]:
-    """Selects zero updates and the old state when any gradient is NaN or Inf."""
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    keep = lambda n, o: jnp.where(finite, n, o)
-    updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
-    state = jax.tree.map(keep, new._replace(skipped=old.skipped), old)
-    skipped = cast(jax.Array, old.skipped)  # present: skip_nonfinite made the state
-    return updates, state._replace(skipped=skipped + jnp.where(finite, 0, 1).astype(jnp.int32))

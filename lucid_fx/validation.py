@@ -6,6 +6,7 @@ faces reject the same input with the same message.
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import jax
@@ -25,13 +26,27 @@ def concrete_value(value: Any) -> float | complex | None:
 
 
 def check_hyperparameter(
-    name: str, value: Any, *, low: float = 0.0, high: float | None = None
+    name: str,
+    value: Any,
+    *,
+    low: float | None = 0.0,
+    high: float | None = None,
+    high_open: bool = False,
 ) -> None:
     """Raises ``ValueError`` naming ``name`` and ``value`` unless low <= value (<= high).
 
     NaN fails (as ``not low <= nan`` is True), and so does anything that is not
     a real number (None, a string, a bool, a complex). Traced values and
     schedules are not checked: their values are unknown until the step runs.
+    ``low=None`` accepts any real number but NaN; ``high_open=True`` excludes
+    ``high`` itself (torch's ``0 <= beta < 1``).
+
+    Example:
+      >>> check_hyperparameter("betas[0]", 1.0, high=1.0, high_open=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: Invalid betas[0] value: 1.0 (expected a number in [0.0, 1.0))
+      >>> check_hyperparameter("dampening", -0.5, low=None)  # any real number
     """
     if callable(value) or isinstance(value, jax.core.Tracer):
         return
@@ -40,9 +55,19 @@ def check_hyperparameter(
     except ValueError as error:  # an array, or a ragged list
         raise ValueError(f"Invalid {name} value: {error}") from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
-    if not low <= number or (high is not None and not number <= high):
-        valid = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        # ValueError, not TypeError: the contract is one error type for every bad value.
+        message = f"Invalid {name} value: {value!r} (expected a real number)"
+        raise ValueError(message)  # noqa: TRY004
+    if low is None:
+        if math.isnan(number):
+            raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
+        low = -math.inf
+    below_high = high is None or (number < high if high_open else number <= high)
+    if not low <= number or not below_high:
+        if high is not None:
+            valid = f"in [{low}, {high}{')' if high_open else ']'}"
+        else:
+            valid = f">= {low}"
         raise ValueError(f"Invalid {name} value: {value!r} (expected a number {valid})")
 
 
@@ -53,7 +78,8 @@ def check_flag(name: str, value: Any) -> None:
     would silently switch a feature on, or fail deep inside a trace.
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Invalid {name} value: {value!r} (expected True or False)")
+        message = f"Invalid {name} value: {value!r} (expected True or False)"
+        raise ValueError(message)  # noqa: TRY004
 
 
 def check_float_dtype(name: str, value: Any) -> None:
