@@ -8,7 +8,7 @@ call without recompiling.
 Example:
   >>> from lucid_fx.hyperparameters import as_traced, is_static
   >>> is_static(True), is_static(0.1)
-  (False, False)
+  (True, False)
   >>> is_static(None), as_traced(0.1).shape
   (True, ())
 """
@@ -28,13 +28,15 @@ def is_static(value: Any) -> bool:
     return value is None or isinstance(value, (bool, np.bool_, str, np.dtype, type))
 
 
-def as_traced(value: Any) -> jax.Array:
-    """``value`` as a 0-d (or tuple-shaped) device array of Python's float type.
+def as_traced(value: Any) -> Any:
+    """``value`` as a 0-d device array of Python's float type; a pair (betas) as a pair of them.
 
     float64 when x64 is on, so float64 parameters see their exact
     hyper-parameters. Python numbers reuse one cached device scalar per
     distinct value instead of a host-to-device transfer per call.
     """
+    if isinstance(value, (tuple, list)):
+        return tuple(as_traced(v) for v in value)
     dtype = jnp.result_type(float)
     if isinstance(value, (int, float, np.number)):
         return _cached(value, type(value).__name__, dtype)

@@ -401,7 +401,7 @@ class Optimizer:
         momentum or centered is switched on mid-run.
         """
         state = self._pack_state.get(pack)
-        template = _pack_template(type(self).transform, static, tuple(sorted(arrays)), pack.layout)
+        template = _pack_template(type(self).transform, static, _shapes(arrays), pack.layout)
         if state is not None and all(
             getattr(state, name) is not None for name, t in template.items() if t is not None
         ):
@@ -740,6 +740,17 @@ def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, 
             kwargs[name] = True
         elif isinstance(default, (int, float)):
             kwargs[name] = jnp.asarray(0.5)
+    # Some flags exclude a combination (SGD's nesterov needs dampening 0): drop
+    # flags, one at a time, until the factory accepts the rest.
+    flags: list[str | None] = [None, *(n for n, v in kwargs.items() if v is True)]
+    for flag in flags:
+        if flag is not None:
+            kwargs[flag] = False
+        try:
+            factory(**kwargs)
+            return kwargs
+        except ValueError:
+            continue
     return kwargs
 
 
@@ -777,15 +788,22 @@ def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, st
     }
 
 
+def _shapes(arrays: Mapping[str, Any]) -> tuple[tuple[str, int | None], ...]:
+    """The traced hyper-parameters' names and, for pairs (betas), lengths: a cache key."""
+    return tuple(sorted((name, len(value) if isinstance(value, tuple) else None)
+                        for name, value in arrays.items()))
+
+
 @cache
 def _pack_template(
     factory: Callable[..., GradientTransformation],
     static: tuple[tuple[str, Any], ...],
-    array_names: tuple[str, ...],
+    array_shapes: tuple[tuple[str, int | None], ...],
     layout: PackLayout,
 ) -> dict[str, jax.ShapeDtypeStruct | None]:
     """Field -> shape/dtype (or None when unused) of a pack's state in this configuration."""
-    hyper = {name: jax.ShapeDtypeStruct((), jnp.result_type(float)) for name in array_names}
+    scalar = jax.ShapeDtypeStruct((), jnp.result_type(float))
+    hyper = {name: scalar if n is None else (scalar,) * n for name, n in array_shapes}
     buffer = jax.ShapeDtypeStruct(layout.buffer_shape, layout.dtype)
     state = jax.eval_shape(lambda h, b: factory(**dict(static), **h).init(b), hyper, buffer)
     step = jax.ShapeDtypeStruct((len(layout),), state.step.dtype)
@@ -842,7 +860,7 @@ def _compiled_step(
         for (layout, _), value, g, old, mask in zip(pack_keys, bufs, grs, sts, mks):
             # `old` is complete for this configuration (Optimizer._complete_state);
             # the transform sees only the fields it uses.
-            template = _pack_template(factory, static, tuple(sorted(hyper)), layout)
+            template = _pack_template(factory, static, _shapes(hyper), layout)
             used = old._replace(**{name: None for name, t in template.items() if t is None})
             # Per-parameter counts reach the math per element (Adam's bias correction
             # differs between the parameters of one buffer) and come back per parameter.

@@ -27,6 +27,7 @@ torch = pytest.importorskip("torch", reason="the name-pairing tests load real to
 # One row per stateful optimizer: the generic tests below run for each.
 OPTIMIZERS: dict[str, tuple[type[Optimizer], Any]] = {
     "RMSprop": (fx.RMSprop, fx.rmsprop),
+    "SGD": (fx.SGD, fx.sgd),
 }
 
 
@@ -297,7 +298,7 @@ def test_a_dict_of_parameters_says_pass_fx_parameters() -> None:
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-@pytest.mark.parametrize("kwarg", ["betas", "nesterov", "Lr"])
+@pytest.mark.parametrize("kwarg", ["Lr", "momentun", "weight_decay_"])
 def test_an_unknown_keyword_names_the_class_and_the_valid_keys(name: str, kwarg: str) -> None:
     cls, factory = OPTIMIZERS[name]
     with pytest.raises(TypeError, match=rf"{name} got unknown keyword argument\(s\) \['{kwarg}'\]"
