@@ -345,3 +345,29 @@ class BackgroundPython:
         if self._process.poll() is None:
             self._process.kill()
             self._process.communicate()
+
+
+def x64_fixtures(module_name: str) -> tuple[Any, Any]:
+    """A test module's ``_x64_child`` (autouse) and ``x64`` fixtures.
+
+    The child runs ``module_name.x64_report()`` with x64 on, started before the
+    module's first test when any of its tests asks for ``x64``.
+    """
+    import pytest
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _x64_child(request: pytest.FixtureRequest) -> Iterator[BackgroundPython | None]:
+        wanted = any("x64" in item.fixturenames for item in request.session.items
+                     if getattr(item, "module", None) is request.module)
+        child = BackgroundPython(
+            f"import json, {module_name} as t; print(json.dumps(t.x64_report()))"
+        ) if wanted else None
+        yield child
+        if child is not None:
+            child.stop()
+
+    @pytest.fixture(scope="module")
+    def x64(_x64_child: BackgroundPython) -> dict[str, Any]:
+        return _x64_child.result()
+
+    return _x64_child, x64

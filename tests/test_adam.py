@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import chex
@@ -27,7 +26,6 @@ from optimizers_under_test import (
     RTOL_REF_F64,
     RTOL_TORCH_F32,
     RTOL_TORCH_F64,
-    BackgroundPython,
     leaves64,
     make_tree,
     one_torch_thread,
@@ -35,6 +33,7 @@ from optimizers_under_test import (
     run_many,
     split,
     tree_error,
+    x64_fixtures,
 )
 from reference import adam_reference, max_rel_error
 
@@ -111,21 +110,7 @@ def x64_report() -> dict[str, Any]:
     return jit_report(np.float64, np.complex128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _x64_child(request: pytest.FixtureRequest) -> Iterator[BackgroundPython | None]:
-    """Starts the float64 child before this module's first test, when any test needs it."""
-    wanted = any("x64" in item.fixturenames for item in request.session.items
-                 if item.module is request.module)
-    child = BackgroundPython(
-        "import json, test_adam as t; print(json.dumps(t.x64_report()))") if wanted else None
-    yield child
-    if child is not None:
-        child.stop()
-
-
-@pytest.fixture(scope="module")
-def x64(_x64_child: BackgroundPython) -> dict[str, Any]:
-    return _x64_child.result()
+_x64_child, x64 = x64_fixtures("test_adam")  # the float64 child, started early
 
 
 @pytest.mark.parametrize("key", CASE_IDS + [f"complex:{label}" for label in COMPLEX_LABELS])

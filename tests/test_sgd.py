@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import chex
@@ -25,13 +24,13 @@ from optimizers_under_test import (
     RTOL_REF_F64,
     RTOL_TORCH_F32,
     RTOL_TORCH_F64,
-    BackgroundPython,
     leaves64,
     make_tree,
     run,
     run_many,
     split,
     tree_error,
+    x64_fixtures,
 )
 from reference import max_rel_error, sgd_reference
 
@@ -93,21 +92,7 @@ def x64_report() -> dict[str, Any]:
     return jit_report(np.float64, np.complex128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _x64_child(request: pytest.FixtureRequest) -> Iterator[BackgroundPython | None]:
-    """Starts the float64 child before this module's first test, when any test needs it."""
-    wanted = any("x64" in item.fixturenames for item in request.session.items
-                 if item.module is request.module)
-    child = BackgroundPython(
-        "import json, test_sgd as t; print(json.dumps(t.x64_report()))") if wanted else None
-    yield child
-    if child is not None:
-        child.stop()
-
-
-@pytest.fixture(scope="module")
-def x64(_x64_child: BackgroundPython) -> dict[str, Any]:
-    return _x64_child.result()
+_x64_child, x64 = x64_fixtures("test_sgd")  # the float64 child, started early
 
 
 @pytest.mark.parametrize("label", GRID)
