@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -371,3 +372,21 @@ def x64_fixtures(module_name: str) -> tuple[Any, Any]:
         return _x64_child.result()
 
     return _x64_child, x64
+
+
+# ------------------------------------------------------------------ property-test trees
+
+
+class Shape(tuple):
+    """A leaf marker, so that shapes are not mistaken for pytree tuples."""
+
+
+# A few shapes (a scalar, zero-size, odd sizes): eager ops compile once per shape.
+shape_trees = st.recursive(
+    st.sampled_from([(), (0,), (3,), (2, 3), (1, 5)]).map(lambda s: Shape(s)),
+    lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=3),
+        st.dictionaries(st.sampled_from("abcd"), children, min_size=1, max_size=3),
+    ),
+    max_leaves=4,
+)

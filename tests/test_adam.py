@@ -26,11 +26,13 @@ from optimizers_under_test import (
     RTOL_REF_F64,
     RTOL_TORCH_F32,
     RTOL_TORCH_F64,
+    Shape,
     leaves64,
     make_tree,
     one_torch_thread,
     run,
     run_many,
+    shape_trees,
     split,
     tree_error,
     x64_fixtures,
@@ -312,24 +314,10 @@ def test_agrees_with_optax(name: str, label: str, optax_finals: dict[Any, Any]) 
 # ------------------------------------------------------------------ property test
 
 
-class _Shape(tuple):
-    """A leaf marker, so that shapes are not mistaken for pytree tuples."""
-
-
-# A few shapes (a scalar, zero-size, odd sizes): eager ops compile once per shape.
-_shapes = st.sampled_from([(), (0,), (3,), (2, 3), (1, 5)]).map(lambda s: _Shape(s))
-_trees = st.recursive(
-    _shapes,
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3),
-        st.dictionaries(st.sampled_from("abcd"), children, min_size=1, max_size=3),
-    ),
-    max_leaves=4,
-)
 
 
 @given(
-    shape_tree=_trees,
+    shape_tree=shape_trees,
     lr=st.floats(0.0, 0.1),
     beta1=st.sampled_from([0.0, 0.3, 0.9]),
     beta2=st.sampled_from([0.0, 0.5, 0.999]),
@@ -349,7 +337,7 @@ def test_property_random_trees_and_hyperparameters(
 
     def arrays() -> Any:
         return jax.tree.map(lambda s: rng.standard_normal(tuple(s)).astype(np.float32),
-                            shape_tree, is_leaf=lambda x: isinstance(x, _Shape))
+                            shape_tree, is_leaf=lambda x: isinstance(x, Shape))
 
     hyper = {"lr": lr, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
              "maximize": maximize, "decoupled_weight_decay": decoupled_weight_decay}

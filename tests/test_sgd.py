@@ -24,10 +24,12 @@ from optimizers_under_test import (
     RTOL_REF_F64,
     RTOL_TORCH_F32,
     RTOL_TORCH_F64,
+    Shape,
     leaves64,
     make_tree,
     run,
     run_many,
+    shape_trees,
     split,
     tree_error,
     x64_fixtures,
@@ -244,24 +246,10 @@ def test_agrees_with_optax(label: str) -> None:
 # ------------------------------------------------------------------ property test
 
 
-class _Shape(tuple):
-    """A leaf marker, so that shapes are not mistaken for pytree tuples."""
-
-
-# A few shapes (a scalar, zero-size, odd sizes): eager ops compile once per shape.
-_shapes = st.sampled_from([(), (0,), (3,), (2, 3), (1, 5)]).map(lambda s: _Shape(s))
-_trees = st.recursive(
-    _shapes,
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3),
-        st.dictionaries(st.sampled_from("abcd"), children, min_size=1, max_size=3),
-    ),
-    max_leaves=4,
-)
 
 
 @given(
-    shape_tree=_trees,
+    shape_tree=shape_trees,
     lr=st.floats(0.0, 1.0),
     momentum=st.sampled_from([0.0, 0.5, 0.99]),
     dampening=st.sampled_from([0.0, 0.3, -0.5]),
@@ -280,7 +268,7 @@ def test_property_random_trees_and_hyperparameters(
 
     def arrays() -> Any:
         return jax.tree.map(lambda s: rng.standard_normal(tuple(s)).astype(np.float32),
-                            shape_tree, is_leaf=lambda x: isinstance(x, _Shape))
+                            shape_tree, is_leaf=lambda x: isinstance(x, Shape))
 
     hyper = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                  "nesterov": nesterov, "maximize": maximize}

@@ -338,7 +338,7 @@ def test_bad_values_raise_and_change_nothing(case: str, held: bool) -> None:
 
 
 def test_torch_tensor_is_refused_with_a_hint() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="checked against real torch modules (pip install 'lucid_fx[test]')")
     model = {"w": fx.Parameter(jnp.zeros(2))}
     with pytest.raises(TypeError, match=r"\.detach\(\)\.cpu\(\)\.numpy\(\)"):
         load_values(model, {"w": torch.zeros(2)})
@@ -424,7 +424,7 @@ def test_state_dict_names_and_host_copies() -> None:
 
 
 def test_torch_registration_order_pairs_by_name() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="checked against real torch modules (pip install 'lucid_fx[test]')")
 
     class Module(torch.nn.Module):
         def __init__(self) -> None:
@@ -447,7 +447,7 @@ def test_torch_registration_order_pairs_by_name() -> None:
 
 
 def test_torch_sequential_and_nested_modules_load_by_name() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="checked against real torch modules (pip install 'lucid_fx[test]')")
     torch.manual_seed(0)
     sequential = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
 
