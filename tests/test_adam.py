@@ -314,8 +314,6 @@ def test_agrees_with_optax(name: str, label: str, optax_finals: dict[Any, Any]) 
 # ------------------------------------------------------------------ property test
 
 
-
-
 @given(
     shape_tree=shape_trees,
     lr=st.floats(0.0, 0.1),
@@ -360,28 +358,6 @@ def test_property_random_trees_and_hyperparameters(
 # ------------------------------------------------------------------ dtypes
 
 
-def test_state_dtype_float32_for_bfloat16_params() -> None:
-    hyper = {"lr": 0.01, "amsgrad": True}
-    rng = np.random.default_rng(5)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, jnp.bfloat16))
-    grads = [make_tree(rng, jnp.bfloat16) for _ in range(10)]
-    tx = adam(**hyper, state_dtype=jnp.float32)
-    state, update = tx.init(params), jax.jit(tx.update)
-    params0 = params
-    for g in grads:
-        updates, state = update(g, state, params)
-        assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.bfloat16)}
-        params = fx.apply_updates(params, updates)
-    assert update._cache_size() == 1
-    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    buffers = (state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq)
-    assert {x.dtype for x in jax.tree.leaves(buffers)} == {jnp.dtype(jnp.float32)}
-    # Without weight decay m and v depend on the (exact) bfloat16 gradients only.
-    _, ref = adam_reference(leaves64(params0), [leaves64(g) for g in grads], **hyper)
-    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-        assert tree_error(getattr(state, key), ref[key]) <= RTOL_REF_F32, key
-
-
 def test_state_dtype_bfloat16_rounds_the_stored_buffers() -> None:
     """m and v are kept in bfloat16 and the step uses them as stored (rounded)."""
     rng = np.random.default_rng(6)
@@ -402,54 +378,6 @@ def test_state_dtype_bfloat16_rounds_the_stored_buffers() -> None:
         assert np.all(np.abs(v - bf16(0.001 * g * g)) <= RTOL_ONE_STEP_BF16 * (0.001 * g * g))
         expected = -(0.1 / 0.1) * m / (np.sqrt(v) / np.sqrt(0.001) + 1e-8)  # from the stored m, v
         assert max_rel_error(u, expected) <= 1e-6
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-def test_low_precision_params_keep_their_dtype(dtype: Any) -> None:
-    rng = np.random.default_rng(7)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
-    tx = adamw(lr=0.01, amsgrad=True)
-    updates, state = jax.jit(tx.update)(make_tree(rng, dtype), tx.init(params), params)
-    leaves = jax.tree.leaves((updates, state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq,
-                              fx.apply_updates(params, updates)))
-    assert {x.dtype for x in leaves} == {jnp.dtype(dtype)}
-
-
-# ------------------------------------------------------------------ non-finite gradients
-
-
-SKIP_HYPER = {"lr": 0.1, "amsgrad": True, "weight_decay": 0.01}
-SKIP_UPDATE = jax.jit(adamw(**SKIP_HYPER, skip_nonfinite=True).update)  # compiled once
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
-def test_skip_nonfinite_changes_nothing_and_counts(bad: float) -> None:
-    """A skipped step keeps ``step``, so the next bias correction is still right."""
-    hyper = SKIP_HYPER
-    rng = np.random.default_rng(8)
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    g1, g2 = make_tree(rng, np.float32), make_tree(rng, np.float32)
-    broken = jax.tree.map(np.copy, g2)
-    broken["dense"]["w"][1, 2] = bad
-    tx, update = adamw(**hyper, skip_nonfinite=True), SKIP_UPDATE
-    updates, state1 = update(g1, tx.init(params0), params0)
-    params1 = fx.apply_updates(params0, updates)
-    zeros, skipped = update(broken, state1, params1)
-    assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(zeros))
-    chex.assert_trees_all_equal(skipped._replace(skipped=None), state1._replace(skipped=None))
-    assert int(skipped.skipped) == 1 and int(skipped.step) == 1
-    updates, state2 = update(g2, skipped, params1)
-    history, _ = adam_reference(leaves64(params0), [leaves64(g1), leaves64(g2)],
-                                decoupled_weight_decay=True, **hyper)
-    assert tree_error(fx.apply_updates(params1, updates), history[-1]) <= RTOL_REF_F32
-    assert int(state2.skipped) == 1 and int(state2.step) == 2
-
-
-def test_nonfinite_gradients_propagate_by_default() -> None:
-    tx = adam(lr=0.1)
-    updates, state = tx.update(jnp.array([1.0, np.nan]), tx.init(jnp.ones(2)))
-    assert np.isnan(np.asarray(updates)).tolist() == [False, True]
-    assert int(state.step) == 1
 
 
 # ------------------------------------------------------------------ traced hyper-parameters

@@ -246,8 +246,6 @@ def test_agrees_with_optax(label: str) -> None:
 # ------------------------------------------------------------------ property test
 
 
-
-
 @given(
     shape_tree=shape_trees,
     lr=st.floats(0.0, 1.0),
@@ -292,26 +290,6 @@ def test_property_random_trees_and_hyperparameters(
 # ------------------------------------------------------------------ dtypes
 
 
-def test_state_dtype_float32_for_bfloat16_params() -> None:
-    hyper = {"lr": 0.01, "momentum": 0.9, "dampening": 0.1}
-    rng = np.random.default_rng(5)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, jnp.bfloat16))
-    grads = [make_tree(rng, jnp.bfloat16) for _ in range(10)]
-    tx = sgd(**hyper, state_dtype=jnp.float32)
-    state, update = tx.init(params), jax.jit(tx.update)
-    params0 = params
-    for g in grads:
-        updates, state = update(g, state, params)
-        assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.bfloat16)}
-        params = fx.apply_updates(params, updates)
-    assert update._cache_size() == 1
-    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    assert {x.dtype for x in jax.tree.leaves(state.momentum_buffer)} == {jnp.dtype(jnp.float32)}
-    # Without weight decay b depends on the (exact) bfloat16 gradients only: float32 accuracy.
-    _, ref = sgd_reference(leaves64(params0), [leaves64(g) for g in grads], **hyper)
-    assert tree_error(state.momentum_buffer, ref["momentum_buffer"]) <= RTOL_REF_F32
-
-
 def test_state_dtype_bfloat16_rounds_the_stored_buffer() -> None:
     """b is kept in bfloat16 and the step goes on from the stored (rounded) value."""
     hyper = {"lr": 0.1, "momentum": 0.9, "dampening": 0.1}
@@ -335,42 +313,7 @@ def test_state_dtype_bfloat16_rounds_the_stored_buffer() -> None:
         assert max_rel_error(u, -0.1 * b) <= 1e-7  # the update uses b as stored
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-def test_low_precision_params_keep_their_dtype(dtype: Any) -> None:
-    rng = np.random.default_rng(7)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
-    tx = sgd(lr=0.01, momentum=0.9, weight_decay=0.1)
-    updates, state = jax.jit(tx.update)(make_tree(rng, dtype), tx.init(params), params)
-    leaves = jax.tree.leaves((updates, state.momentum_buffer, fx.apply_updates(params, updates)))
-    assert {x.dtype for x in leaves} == {jnp.dtype(dtype)}
-
-
 # ------------------------------------------------------------------ non-finite gradients
-
-
-SKIP_HYPER = {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}
-SKIP_UPDATE = jax.jit(sgd(**SKIP_HYPER, skip_nonfinite=True).update)  # compiled once
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
-def test_skip_nonfinite_changes_nothing_and_counts(bad: float) -> None:
-    hyper = SKIP_HYPER
-    rng = np.random.default_rng(8)
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    g1, g2 = make_tree(rng, np.float32), make_tree(rng, np.float32)
-    broken = jax.tree.map(np.copy, g2)
-    broken["dense"]["w"][1, 2] = bad
-    tx, update = sgd(**hyper, skip_nonfinite=True), SKIP_UPDATE
-    updates, state1 = update(g1, tx.init(params0), params0)
-    params1 = fx.apply_updates(params0, updates)
-    zeros, skipped = update(broken, state1, params1)
-    assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(zeros))
-    chex.assert_trees_all_equal(skipped._replace(skipped=None), state1._replace(skipped=None))
-    assert int(skipped.skipped) == 1 and int(skipped.step) == 1
-    updates, state2 = update(g2, skipped, params1)
-    history, _ = sgd_reference(leaves64(params0), [leaves64(g1), leaves64(g2)], **hyper)
-    assert tree_error(fx.apply_updates(params1, updates), history[-1]) <= RTOL_REF_F32
-    assert int(state2.skipped) == 1 and int(state2.step) == 2
 
 
 def test_skip_nonfinite_keeps_the_first_step_rule() -> None:
@@ -380,13 +323,6 @@ def test_skip_nonfinite_keeps_the_first_step_rule() -> None:
     _, state = tx.update(jnp.array([np.nan]), tx.init(params), params)
     _, state = tx.update(jnp.array([2.0]), state, params)
     assert state.momentum_buffer.tolist() == [2.0]
-
-
-def test_nonfinite_gradients_propagate_by_default() -> None:
-    tx = sgd(lr=0.1, momentum=0.9)
-    updates, state = tx.update(jnp.array([1.0, np.nan]), tx.init(jnp.ones(2)))
-    assert np.isnan(np.asarray(updates)).tolist() == [False, True]
-    assert int(state.step) == 1
 
 
 # ------------------------------------------------------------------ traced hyper-parameters
