@@ -68,6 +68,8 @@ class Row:
       buffers: the per-parameter state fields, named as torch's state keys.
       torch_scale: how our buffer relates to torch's: ours = torch's × this.
       torch_complex: whether torch treats complex parameters as we do.
+      stateful: the ``fx`` class over ``factory`` (``fx.SGD`` for ``fx.sgd``), or
+        ``None`` while it has none.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Row:
     buffers: tuple[str, ...]
     torch_scale: Callable[[str, Mapping[str, Any]], float] = lambda key, config: 1.0
     torch_complex: bool = True
+    stateful: type | None = None
 
 
 def _product_grid(
@@ -120,7 +123,7 @@ RMSPROP_AXES: dict[str, tuple[Any, ...]] = {
 
 ROWS: dict[str, Row] = {
     "sgd": Row("sgd", sgd, "SGD", _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
-               sgd_reference, ("momentum_buffer",)),
+               sgd_reference, ("momentum_buffer",), stateful=fx.SGD),
     "adam": Row("adam", adam, "Adam", _product_grid(ADAM_AXES, {"lr": 0.01}),
                 adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
     "adamw": Row("adamw", adamw, "AdamW", _product_grid(ADAMW_AXES, {"lr": 0.01}),
@@ -133,7 +136,9 @@ ROWS: dict[str, Row] = {
                    lambda params, grads, **k: reference_run(params, grads, **k),
                    ("square_avg", "grad_avg", "momentum_buffer"),
                    torch_scale=lambda key, c: c["lr"] if key == "momentum_buffer" else 1.0,
-                   torch_complex=False),
+                   torch_complex=False, stateful=fx.RMSprop),
+    # -- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
+    # -- the rest of the family: NAdam, RAdam, ASGD
 }
 
 

@@ -292,3 +292,8 @@ def adam_reference(
         "exp_avg_sq": out(v),
         "max_exp_avg_sq": out(v_max) if amsgrad else None,
     }
+
+
+# ----- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
+
+# ----- the rest of the family: NAdam, RAdam, ASGD
