@@ -35,6 +35,7 @@ from lucid_fx.elementwise import (
     real_dtype,
     scheduled,
 )
+from lucid_fx import state_schema as schema
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
@@ -44,6 +45,13 @@ from lucid_fx.validation import (
 )
 
 
+@schema.declare(
+    step=schema.count(),
+    exp_avg=schema.buffer(),
+    exp_avg_sq=schema.buffer(),
+    max_exp_avg_sq=schema.buffer(optional=True),
+    skipped=schema.counter(),
+)
 class AdamState(NamedTuple):
     """The state of :func:`adam` and :func:`adamw`; field names are torch's state-dict keys.
 

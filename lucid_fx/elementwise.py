@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.base import PyTree, Updates
+from lucid_fx.hyperparameters import PreciseScalar
 from lucid_fx.validation import check_same_structure
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -229,6 +230,8 @@ def hyper(value: Any, dtype: Any) -> jax.Array:
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         # A constant either way; NumPy rounds it to ``dtype`` as jnp would, without a dispatch.
         return cast(jax.Array, np.asarray(value, dtype))
+    if isinstance(value, PreciseScalar):  # the stateful face's double-precision scalars
+        return cast(jax.Array, value.value(dtype))
     return jnp.asarray(value).astype(dtype)
 
 

@@ -34,6 +34,7 @@ from lucid_fx.elementwise import (
     real_dtype,
     scheduled,
 )
+from lucid_fx import state_schema as schema
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
@@ -43,6 +44,13 @@ from lucid_fx.validation import (
 )
 
 
+@schema.declare(
+    step=schema.count(),
+    square_avg=schema.buffer(real=True),
+    grad_avg=schema.buffer(optional=True),
+    momentum_buffer=schema.buffer(absent_when_zero="momentum"),
+    skipped=schema.counter(),
+)
 class RMSpropState(NamedTuple):
     """The state of :func:`rmsprop`; field names are torch's state-dict keys.
 

@@ -66,7 +66,6 @@ class RMSprop(Optimizer):
     """
 
     transform = staticmethod(rmsprop)
-    structural_zeros = {"momentum": "momentum_buffer"}
     skip_flag = "skip_nonfinite"
 
     # Spelled out for IDEs and type checkers; test_public_api checks it against

@@ -32,6 +32,7 @@ from lucid_fx.elementwise import (
     real_dtype,
     scheduled,
 )
+from lucid_fx import state_schema as schema
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
@@ -42,6 +43,11 @@ from lucid_fx.validation import (
 )
 
 
+@schema.declare(
+    step=schema.count(torch_key=False),
+    momentum_buffer=schema.buffer(absent_when_zero="momentum"),
+    skipped=schema.counter(),
+)
 class SGDState(NamedTuple):
     """The state of :func:`sgd`; field names are torch's state-dict keys.
 

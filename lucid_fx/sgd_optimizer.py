@@ -33,7 +33,6 @@ class SGD(Optimizer):
     """
 
     transform = staticmethod(sgd)
-    structural_zeros = {"momentum": "momentum_buffer"}
     skip_flag = "skip_nonfinite"
 
     # Spelled out for IDEs and type checkers; a test checks it against the factory's.

@@ -13,10 +13,16 @@ import jax
 import numpy as np
 
 from lucid_fx.base import PyTree
+from lucid_fx.hyperparameters import PreciseScalar
 
 
 def concrete_value(value: Any) -> float | complex | None:
     """The Python number behind ``value``, or ``None`` when it is traced or a schedule."""
+    if isinstance(value, PreciseScalar):
+        value = value.pair
+        if isinstance(value, jax.core.Tracer):
+            return None
+        return float(value[0]) + float(value[1])
     if callable(value) or isinstance(value, jax.core.Tracer):
         return None
     array = np.asarray(value)
@@ -54,6 +60,8 @@ def check_hyperparameter(
         number = concrete_value(value)
     except ValueError as error:  # an array, or a ragged list
         raise ValueError(f"Invalid {name} value: {error}") from None
+    if number is None:  # a PreciseScalar under a trace
+        return
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         # ValueError, not TypeError: the contract is one error type for every bad value.
         message = f"Invalid {name} value: {value!r} (expected a real number)"

@@ -13,7 +13,6 @@ import math
 import pickle
 import sys
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +22,7 @@ import pytest
 from test_autodiff import CompileCounter
 
 import lucid_fx as fx
+from lucid_fx import state_schema as schema
 from lucid_fx.validation import check_hyperparameter, is_static_zero
 
 # ------------------------------------------------------------------ helpers
@@ -84,6 +84,8 @@ def assert_same(a: Any, b: Any) -> None:
 # ------------------------------------------------------------------ a second optimizer
 
 
+@schema.declare(step=schema.count(),
+                momentum_buffer=schema.buffer(absent_when_zero="momentum"))
 class SGDState(NamedTuple):
     step: jax.Array
     momentum_buffer: Any | None
@@ -114,7 +116,6 @@ def sgd(lr: float = 0.1, momentum: float = 0.0) -> fx.GradientTransformation:
 
 class SGD(fx.Optimizer):
     transform = staticmethod(sgd)
-    structural_zeros = MappingProxyType({"momentum": "momentum_buffer"})
 
 
 def test_the_base_wraps_any_transform_factory() -> None:
@@ -886,29 +887,33 @@ def test_load_state_dict_hooks() -> None:
 # ------------------------------------------------------------------ the transform owns its state
 
 
+@schema.declare(step=schema.count(), power=schema.scalar(), acc=schema.buffer())
 class CorrectedState(NamedTuple):
     step: jax.Array
+    power: jax.Array  # 0.5 ** step, kept as a per-parameter product (as NAdam's mu_product)
     acc: Any
 
 
 def corrected(lr: float = 0.1, initial: float = 0.0) -> fx.GradientTransformation:
     """A made-up transform with what Adam and Adagrad need of the base: an
     accumulator that starts at ``initial`` (init owns it) and a bias correction
-    that reads each parameter's own step count."""
+    that reads each parameter's own count, kept as a per-parameter product
+    (as NAdam's mu_product) that starts at 1, not 0, beside the step count."""
 
     def init(params: Any) -> CorrectedState:
-        return CorrectedState(jnp.zeros((), jnp.int32),
+        return CorrectedState(jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32),
                               jax.tree.map(lambda p: jnp.full_like(p, initial), params))
 
     def update(grads: Any, state: CorrectedState, params: Any = None) -> Any:
         step = state.step + 1
+        power = state.power * 0.5
         acc = jax.tree.map(lambda a, g: 0.5 * a + g * g, state.acc, grads)
         # One scalar factor per parameter, formed before it meets the tensor (as
         # torch's addcdiv value), so no reassociation can tell a scalar from a
         # per-element count apart.
-        scale = -lr * (1.0 - 0.5 ** step.astype(jnp.float32))
+        scale = -lr * (1.0 - power)  # 1 - 0.5^t, t this parameter's own step count
         updates = jax.tree.map(lambda g, a: scale * (g / jnp.sqrt(a + 1.0)), grads, acc)
-        return updates, CorrectedState(step, acc)
+        return updates, CorrectedState(step, power, acc)
 
     return fx.GradientTransformation(init, update)
 
@@ -954,6 +959,7 @@ def test_per_parameter_steps_in_one_pack_match_separate_functional_runs() -> Non
         # a·b + c into one FMA where the one-leaf run does not: 1 ulp on single
         # elements. A wrong count would be off by far more (1 - 0.5^t moves 25%).
         assert int(opt.state[p]["step"]) == len(history[i]) == int(state.step)
+        assert float(opt.state[p]["power"]) == 0.5 ** len(history[i]) == float(state.power)
         for got, want in ((p.value, expected), (opt.state[p]["acc"], state.acc)):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2**-23, atol=0,
                                        err_msg=f"param {i}")
@@ -981,3 +987,23 @@ def test_new_state_starts_at_the_transforms_init_also_after_a_load() -> None:
     expected, _ = _functional_run(np.asarray(make_params((4,), seed=4)[0].value),
                                   [np.ones(4, np.float32)], initial=0.1)
     np.testing.assert_array_equal(np.asarray(c.value), expected)
+
+
+def test_a_state_without_a_schema_is_refused_with_how_to_declare_one() -> None:
+    class Bare(NamedTuple):
+        step: jax.Array
+
+    def bare(lr: float = 0.1) -> fx.GradientTransformation:
+        return fx.GradientTransformation(lambda params: Bare(jnp.zeros((), jnp.int32)),
+                                         lambda g, s, p=None: (g, s))
+
+    class Plain(fx.Optimizer):
+        transform = staticmethod(bare)
+
+    (p,) = make_params((2,))
+    opt = Plain([p])
+    p.grad = jnp.ones(2)
+    with pytest.raises(TypeError, match=r"Bare has no state schema.*state_schema.declare"):
+        opt.step()
+    with pytest.raises(TypeError, match=r"must list its fields in order"):
+        schema.declare(acc=schema.buffer())(Bare)

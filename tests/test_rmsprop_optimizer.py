@@ -24,6 +24,7 @@ from reference import RMSpropReference, max_rel_error, reference_run
 from test_autodiff import CompileCounter
 
 import lucid_fx as fx
+from lucid_fx.hyperparameters import as_precise
 
 # Named tolerances, as max_rel_error (|a - b| / max(1, |b|)).
 RTOL_F32 = 5e-6  # float32 vs the float64 reference over STEPS steps (measured <= 1.1e-6)
@@ -117,7 +118,8 @@ def run_functional(case: Case, values: list[np.ndarray], grads: list[list[np.nda
     numbers = {k: v for k, v in {**PAGE_DEFAULTS, **case.kwargs}.items()
                if k in ("lr", "alpha", "eps", "weight_decay", "momentum")}
     if traced_hypers:
-        hyper = {k: jnp.asarray(v, jnp.result_type(float)) for k, v in numbers.items()}
+        # Traced as the stateful face traces them: double precision, as a pair of floats.
+        hyper = {k: as_precise(v) for k, v in numbers.items()}
         update = jax.jit(lambda g, s, p, h: _functional(case, h).update(g, s, p))
     else:
         hyper = {}
@@ -219,8 +221,9 @@ def test_a_schedule_for_lr_is_refused() -> None:
 def test_adapter_equals_functional_transform_bitwise(case: Case) -> None:
     """The adapter runs ``fx.rmsprop``'s math, not a copy of it: identical bits every step.
 
-    The hand-written loop passes the numeric hyper-parameters as arrays, as any
-    loop whose hyper-parameters may change must; see the next test for constants.
+    The hand-written loop passes the numeric hyper-parameters traced, as any loop
+    whose hyper-parameters may change must, in the form the adapter passes them
+    (``PreciseScalar``); see the next test for constants.
     """
     dtype = np.complex64 if case.is_complex else np.float32
     values, grads = problem(case, dtype)
