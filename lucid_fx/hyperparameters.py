@@ -215,4 +215,5 @@ def as_precise(value: Any) -> Any:
 def _cached_pair(value: Any, kind: str, dtype: np.dtype) -> jax.Array:
     del kind  # part of the key only: 1 and 1.0 hash alike
     hi = np.asarray(value, dtype)
-    return jnp.asarray(np.array([hi, np.asarray(float(value) - float(hi), dtype)]))
+    lo = float(value) - float(hi) if np.isfinite(hi) else 0.0  # inf - inf would be NaN
+    return jnp.asarray(np.array([hi, np.asarray(lo, dtype)]))

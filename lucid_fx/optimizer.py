@@ -29,12 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx import state_schema, torch_compat
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.dispatch import wait_for
-from lucid_fx.hyperparameters import as_traced, is_static
+from lucid_fx.hyperparameters import PreciseScalar, as_precise, is_static
 from lucid_fx.packing import PackLayout, ParamPack, check_grad, per_array, per_element, slot_mask
 from lucid_fx.sharding import to_host
+from lucid_fx.state_schema import Field
 from lucid_fx.tracing import check_eager
 
 if TYPE_CHECKING:
@@ -75,22 +77,26 @@ class Optimizer:
     """Base of the stateful optimizers: param groups, state, step, state dicts, hooks.
 
     Subclasses name their transform factory in ``transform``; its keyword
-    arguments (and their defaults) are the hyper-parameters. Hyper-parameters in
-    ``structural_zeros`` (name -> state field) are compiled out while they are 0
-    and no parameter of the group holds that field yet (momentum's buffer).
-    ``skip_flag`` names the boolean hyper-parameter with which the transform
-    skips a step on non-finite gradients; the optimizer makes that decision
-    step-wide, so one bad gradient skips every parameter of those groups.
+    arguments (and their defaults) are the hyper-parameters. ``skip_flag`` names
+    the boolean hyper-parameter with which the transform skips a step on
+    non-finite gradients; the optimizer makes that decision step-wide, so one
+    bad gradient skips every parameter of those groups.
 
-    The factory's state must be a NamedTuple with an int32 ``step`` count and
-    arrays shaped like the parameter (or ``None`` for unused fields); its field
-    names are the state-dict keys. A schedule for ``lr`` is not accepted here:
-    write the new value into ``param_groups`` instead, as torch schedulers do.
+    The factory's state is a NamedTuple that declares its schema
+    (:mod:`lucid_fx.state_schema`): which fields are parameter-shaped buffers,
+    which are one number per parameter (a step count), their dtypes, and the
+    hyper-parameter whose 0 removes a field (compiled out while it is 0 and no
+    parameter of the group holds that field yet, as momentum's buffer). Its
+    field names are the state-dict keys. A schedule for ``lr`` is not accepted
+    here: write the new value into ``param_groups`` instead, as torch schedulers do.
     """
 
     transform: Callable[..., GradientTransformation]
-    structural_zeros: Mapping[str, str] = {}
     skip_flag: str | None = None
+    # Where a buffer's layout differs from torch's (RMSprop keeps lr inside its
+    # momentum buffer): the conversions, as torch_compat.BufferConversion.
+    torch_buffer_from: torch_compat.BufferConversion | None = None
+    torch_buffer_to: torch_compat.BufferConversion | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # A subclass's explicit __init__ (the signature IDEs and type checkers see)
@@ -194,7 +200,10 @@ class Optimizer:
                 "a param group gets its param_names from (name, Parameter) pairs: "
                 "pass 'params': fx.named_parameters(model) instead of a 'param_names' entry"
             )
-        unknown = set(param_group) - set(self.defaults) - {"params"}
+        # The keys torch's schedulers keep in a group are accepted too: resuming a
+        # scheduler (last_epoch >= 0) needs initial_lr in the group from the start.
+        scheduler_keys = {"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
+        unknown = set(param_group) - set(self.defaults) - {"params"} - scheduler_keys
         if unknown:
             raise ValueError(
                 f"unknown hyper-parameter(s) {sorted(unknown)} in param group; "
@@ -218,7 +227,7 @@ class Optimizer:
                 )
             seen.add(id(p))
         group = {**self.defaults, **param_group, "params": params}
-        self._check_hyperparameters(_hyperparameters(group))
+        self._check_hyperparameters(_hyperparameters(group, self.defaults))
         if names is not None:
             group["param_names"] = names
         return group
@@ -280,9 +289,9 @@ class Optimizer:
                 if state is None:
                     continue
                 fields = {k: to_host(v) for k, v in _fields(state).items()}
-                kinds = _field_kinds(type(self).transform)
+                schema = _schema(type(self).transform)
                 for slot in map(int, np.flatnonzero(self._initialized[pack])):
-                    result.append((pack.params[slot], _slot_entry(fields, pack.layout, slot, kinds)))
+                    result.append((pack.params[slot], _slot_entry(fields, pack.layout, slot, schema)))
         return result
 
     def __repr__(self) -> str:
@@ -331,14 +340,14 @@ class Optimizer:
 
     def _group_call(
         self, group: ParamGroup, packs: list[ParamPack]
-    ) -> tuple[tuple[tuple[str, Any], ...], dict[str, jax.Array]]:
+    ) -> tuple[tuple[tuple[str, Any], ...], dict[str, Any]]:
         """Splits a group's hyper-parameters into the compile key and the traced arrays."""
-        self._check_hyperparameters(_hyperparameters(group))
+        self._check_hyperparameters(_hyperparameters(group, self.defaults))
         static: list[tuple[str, Any]] = []
-        arrays: dict[str, jax.Array] = {}
+        arrays: dict[str, Any] = {}
         for name in self.defaults:
             value = group[name]
-            field = self.structural_zeros.get(name)
+            field = _structural_zeros(type(self).transform).get(name)
             if is_static(value):
                 static.append((name, bool(value) if isinstance(value, np.bool_) else value))
             elif field is not None and value == 0 and not any(
@@ -346,7 +355,8 @@ class Optimizer:
             ):
                 static.append((name, 0))
             else:
-                arrays[name] = as_traced(value)
+                # At double precision: torch forms 1 - β in float64 (PreciseScalar).
+                arrays[name] = as_precise(value)
         return tuple(static), arrays
 
     def _check_not_retired(self) -> None:
@@ -392,7 +402,7 @@ class Optimizer:
         self._state_snapshot = None
 
     def _complete_state(
-        self, pack: ParamPack, static: tuple[tuple[str, Any], ...], arrays: dict[str, jax.Array]
+        self, pack: ParamPack, static: tuple[tuple[str, Any], ...], arrays: dict[str, Any]
     ) -> PackState:
         """The pack's state with every buffer this configuration uses (zeros if new).
 
@@ -407,15 +417,17 @@ class Optimizer:
         ):
             return state
         # New fields start where the transform's own init starts them, laid out
-        # like the buffer (its init places them); step counts are one per parameter.
+        # like the buffer (its init places them); per-parameter scalars (a step
+        # count) become one entry per parameter of the pack.
         fresh = type(self).transform(**dict(static), **arrays).init(pack.buffer)
+        schema = _schema(type(self).transform)
         fields = {}
         for name, t in template.items():
             old = None if state is None else getattr(state, name)
             if old is not None or t is None:
                 fields[name] = old
-            elif name == "step":
-                fields[name] = jnp.broadcast_to(fresh.step, t.shape).astype(t.dtype)
+            elif schema[name].kind == "per_parameter":
+                fields[name] = jnp.broadcast_to(getattr(fresh, name), t.shape).astype(t.dtype)
             else:
                 fields[name] = getattr(fresh, name)
         return _state_type(type(self).transform)(**fields)
@@ -461,10 +473,14 @@ class Optimizer:
             returned = hook(self, state_dict)
             if returned is not None:
                 state_dict = returned
+        if torch_compat.is_torch_state_dict(state_dict):
+            state_dict = torch_compat.state_dict_from_torch(
+                state_dict, _schema(type(self).transform), convert=type(self).torch_buffer_from)
+        self._check_state_values(state_dict)
         new_groups, entries = self._validated(state_dict)
         new_pack_state, new_initialized = {}, {}
         for group, hyper, packs in zip(self.param_groups, new_groups, self._packs):
-            tx = type(self).transform(**{**_hyperparameters(group), **hyper})
+            tx = type(self).transform(**_hyperparameters({**group, **hyper}, self.defaults))
             for pack in packs:
                 state, initialized = self._pack_state_from_entries(pack, entries, tx)
                 new_pack_state[pack], new_initialized[pack] = state, initialized
@@ -475,6 +491,43 @@ class Optimizer:
         self._state_snapshot = None
         for hook in list(self._load_post_hooks.values()):
             hook(self)
+
+    def torch_state_dict(self) -> StateDict:
+        """This optimizer's state in the form the matching ``torch.optim`` class loads.
+
+        Values are CPU torch tensors (torch must be installed); ``step`` is a
+        float32 tensor, lucid_fx-only keys (``skipped``, ``skip_nonfinite``,
+        ``state_dtype``) are dropped, and buffers the configuration uses but
+        that do not exist yet are zeros. See
+        :func:`lucid_fx.torch_compat.state_dict_to_torch`.
+        """
+        factory = type(self).transform
+        return torch_compat.state_dict_to_torch(
+            self.state_dict(), _schema(factory), torch_compat.used_fields(factory),
+            convert=type(self).torch_buffer_to)
+
+    # State fields no run makes negative, and what they are (for the message);
+    # counts always, a subclass adds what its math rules out (RMSprop's average).
+    never_negative: Mapping[str, str] = {"step": "a step count"}
+
+    def _check_state_values(self, state_dict: Any) -> None:
+        """Rejects values no run can produce (an edited or corrupted dict).
+
+        Structure, shapes and dtypes are checked by ``_validated``.
+        """
+        state = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+        if not isinstance(state, Mapping):
+            return
+        for index, entry in state.items():
+            for key, what in self.never_negative.items() if isinstance(entry, Mapping) else ():
+                array = np.asarray(entry.get(key, 0))
+                real = np.issubdtype(array.dtype, np.floating) or np.issubdtype(
+                    array.dtype, np.integer)
+                if real and np.any(array < 0):
+                    raise ValueError(
+                        f"state[{index!r}][{key!r}] holds a negative value ({np.min(array)}); "
+                        f"{what} is never negative: the state dict was edited or corrupted"
+                    )
 
     def _validated(self, sd: Any) -> tuple[list[dict[str, Any]], dict[Parameter, dict[str, np.ndarray]]]:
         if not isinstance(sd, Mapping) or set(sd) != {"state", "param_groups"}:
@@ -501,17 +554,22 @@ class Optimizer:
             )
         new_groups = []
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved.get("params", ()), (list, tuple)):
+                raise ValueError(
+                    f"param_groups[{gi}]['params'] must be a list of parameter indices, "
+                    f"got {saved['params']!r:.40}"
+                )
             if len(saved.get("params", ())) != len(group["params"]):
                 raise ValueError(
                     f"param_groups[{gi}] holds {len(saved.get('params', ()))} parameter(s) in "
                     f"the state dict, {len(group['params'])} in the optimizer"
                 )
-            unknown = set(saved) - set(self.defaults) - {"params", "param_names"}
-            if unknown:
-                raise ValueError(f"param_groups[{gi}] has unknown key(s) {sorted(unknown)}")
+            # Keys beyond the factory's (a scheduler's initial_lr, max_lr, ...) are
+            # restored with the group, as torch does; only the factory's are checked.
             hyper = _hyperparameters(saved)
             try:
-                self._check_hyperparameters({**self.defaults, **hyper})
+                own = _hyperparameters({**self.defaults, **hyper}, self.defaults)
+                self._check_hyperparameters(own)
             except ValueError as error:
                 raise ValueError(f"param_groups[{gi}]: {error}") from None
             new_groups.append(hyper)
@@ -575,11 +633,17 @@ class Optimizer:
         """A saved per-parameter dict as host arrays, checked against the state's template."""
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be a dict of arrays, got {type(entry).__name__}")
-        template = _template(type(self).transform, p.shape, p.dtype)
+        schema = _schema(type(self).transform)
+        state_dtype = next(g for g in self.param_groups if any(q is p for q in g["params"])).get(
+            "state_dtype")
+        template = {
+            name: (p.shape if field.kind == "buffer" else (), field.dtype_for(p.dtype, state_dtype))
+            for name, field in schema.items()
+        }
         unknown = set(entry) - set(template)
         if unknown:
             raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; known: {sorted(template)}")
-        missing = _required_fields(type(self).transform, p.shape, p.dtype) - set(entry)
+        missing = {name for name, field in schema.items() if not field.optional} - set(entry)
         if missing:
             raise ValueError(f"{where} is missing key(s) {sorted(missing)}")
         checked = {}
@@ -603,17 +667,19 @@ class Optimizer:
             return None, initialized
         fresh = _fields(tx.init(pack.buffer))
         fields: dict[str, Any] = {}
-        for name, kind in _field_kinds(type(self).transform).items():
+        for name, field in _schema(type(self).transform).items():
             present = [(slot, entries[p][name]) for slot, p in enumerate(pack.params)
                        if p in entries and name in entries[p]]
             if not present:
                 fields[name] = None
-            elif kind == "step":
-                steps = np.zeros(len(pack.params), present[0][1].dtype)
+            elif field.kind == "per_parameter":
+                # Parameters without saved state start at the transform's initial value.
+                values = np.full(len(pack.params), to_host(fresh[name]) if name in fresh else 0,
+                                 present[0][1].dtype)
                 for slot, value in present:
-                    steps[slot] = value
-                fields[name] = jax.device_put(steps)
-            elif kind == "counter":  # one per pack: the largest saved count
+                    values[slot] = value
+                fields[name] = jax.device_put(values)
+            elif field.kind == "counter":  # one per pack: the largest saved count
                 fields[name] = jax.device_put(max((v for _, v in present), key=int))
             else:
                 dtype = present[0][1].dtype
@@ -661,9 +727,18 @@ class Optimizer:
 # ----- helpers shared by step and load -----------------------------------------------
 
 
-def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
-    """A param group's hyper-parameters: everything but its params and their names."""
-    return {k: v for k, v in group.items() if k not in ("params", "param_names")}
+def _hyperparameters(
+    group: Mapping[str, Any], keys: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """A param group's entries but its params and their names; only ``keys`` if given.
+
+    A group may carry keys a scheduler writes (``initial_lr``, ``max_lr``, ...):
+    they travel with the group and its state dict, but the transform is called
+    with its own keys only (``keys=self.defaults``).
+    """
+    wanted = None if keys is None else set(keys)
+    return {k: v for k, v in group.items()
+            if k not in ("params", "param_names") and (wanted is None or k in wanted)}
 
 
 def _is_named_pair(entry: Any) -> bool:
@@ -716,60 +791,20 @@ def _fields(state: PackState) -> dict[str, Any]:
 
 
 def _slot_entry(
-    fields: dict[str, np.ndarray], layout: PackLayout, slot: int, kinds: Mapping[str, str]
+    fields: dict[str, np.ndarray], layout: PackLayout, slot: int, schema: Mapping[str, Field]
 ) -> dict[str, np.ndarray]:
     """One parameter's state dict cut from a pack's host arrays."""
     entry = {}
     for name, value in fields.items():
-        if kinds[name] == "step":
+        kind = schema[name].kind
+        if kind == "per_parameter":
             entry[name] = value[slot]
-        elif kinds[name] == "counter":
+        elif kind == "counter":
             entry[name] = value
         else:
             start, size = layout.offsets[slot], layout.sizes[slot]
             entry[name] = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
     return entry
-
-
-def _all_on_kwargs(factory: Callable[..., GradientTransformation]) -> dict[str, Any]:
-    """Arguments that switch every optional state field on (numbers as arrays)."""
-    kwargs: dict[str, Any] = {}
-    for name, param in inspect.signature(factory).parameters.items():
-        default = param.default
-        if isinstance(default, bool):
-            kwargs[name] = True
-        elif isinstance(default, (int, float)):
-            kwargs[name] = jnp.asarray(0.5)
-    # Some flags exclude a combination (SGD's nesterov needs dampening 0): drop
-    # flags, one at a time, until the factory accepts the rest.
-    flags: list[str | None] = [None, *(n for n, v in kwargs.items() if v is True)]
-    for flag in flags:
-        if flag is not None:
-            kwargs[flag] = False
-        try:
-            factory(**kwargs)
-            return kwargs
-        except ValueError:
-            continue
-    return kwargs
-
-
-@cache
-def _template(
-    factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
-) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Field -> (shape, dtype) of one parameter's state with every optional field on."""
-    kwargs = _all_on_kwargs(factory)
-    state = jax.eval_shape(lambda: factory(**kwargs).init(jnp.zeros(shape, dtype)))
-    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _fields(state).items()}
-
-
-@cache
-def _required_fields(
-    factory: Callable[..., GradientTransformation], shape: tuple[int, ...], dtype: np.dtype
-) -> frozenset[str]:
-    """Fields present in every configuration: those of the all-defaults state."""
-    return frozenset(_fields(jax.eval_shape(lambda: factory().init(jnp.zeros(shape, dtype)))))
 
 
 @cache
@@ -778,14 +813,16 @@ def _state_type(factory: Callable[..., GradientTransformation]) -> type:
 
 
 @cache
-def _field_kinds(factory: Callable[..., GradientTransformation]) -> dict[str, str]:
-    """Each state field's kind: ``step`` (one count per parameter of a pack),
-    ``counter`` (a scalar per pack, e.g. skipped steps) or ``buffer`` (parameter-shaped)."""
-    shapes = _template(factory, (2,), np.dtype(np.float32))
-    return {
-        name: "step" if name == "step" else "counter" if shapes.get(name, ((2,),))[0] == () else "buffer"
-        for name in _state_type(factory)._fields  # type: ignore[attr-defined]  # a NamedTuple
-    }
+def _schema(factory: Callable[..., GradientTransformation]) -> Mapping[str, Field]:
+    """The declared schema of the factory's state (lucid_fx.state_schema)."""
+    return state_schema.fields_of(_state_type(factory))
+
+
+@cache
+def _structural_zeros(factory: Callable[..., GradientTransformation]) -> dict[str, str]:
+    """Hyper-parameter -> the state field that its value 0 removes (momentum's buffer)."""
+    return {field.absent_when_zero: name for name, field in _schema(factory).items()
+            if field.absent_when_zero is not None}
 
 
 def _shapes(arrays: Mapping[str, Any]) -> tuple[tuple[str, int | None], ...]:
@@ -802,19 +839,23 @@ def _pack_template(
     layout: PackLayout,
 ) -> dict[str, jax.ShapeDtypeStruct | None]:
     """Field -> shape/dtype (or None when unused) of a pack's state in this configuration."""
-    scalar = jax.ShapeDtypeStruct((), jnp.result_type(float))
+    scalar = PreciseScalar.spec()
     hyper = {name: scalar if n is None else (scalar,) * n for name, n in array_shapes}
     buffer = jax.ShapeDtypeStruct(layout.buffer_shape, layout.dtype)
     state = jax.eval_shape(lambda h, b: factory(**dict(static), **h).init(b), hyper, buffer)
-    step = jax.ShapeDtypeStruct((len(layout),), state.step.dtype)
-    return {**state._asdict(), "step": step}
+    schema = _schema(factory)
+    return {  # one per-parameter scalar per parameter of the pack
+        name: jax.ShapeDtypeStruct((len(layout),), t.dtype)
+        if t is not None and schema[name].kind == "per_parameter" else t
+        for name, t in state._asdict().items()
+    }
 
 
 def _masked(mask: jax.Array | None, layout: PackLayout, kind: str, new: Any, old: Any) -> Any:
     """``new`` where the slot stepped, ``old`` elsewhere."""
     if mask is None or old is None or new is None or kind == "counter":
         return new
-    if kind == "step":
+    if kind == "per_parameter":
         return jnp.where(mask, new, old)
     return jnp.where(slot_mask(mask, layout).reshape(new.shape), new, old)
 
@@ -824,7 +865,7 @@ def _compiled_step(
     factory: Callable[..., GradientTransformation],
     keys: tuple[tuple[tuple[tuple[str, Any], ...], tuple[tuple[PackLayout, bool], ...]], ...],
     skip_flag: str | None,
-    hypers: list[dict[str, jax.Array]],
+    hypers: list[dict[str, Any]],
     buffers: list[list[jax.Array]],
     grads: list[list[jax.Array]],
     states: list[list[PackState | None]],
@@ -850,7 +891,7 @@ def _compiled_step(
             [jnp.where(finite, g, jnp.nan) for g in grs] if skip else grs
             for skip, grs in zip(skipping, grads)
         ]
-    kinds = _field_kinds(factory)
+    schema = _schema(factory)
     new_buffers, new_states = [], []
     for (static, pack_keys), hyper, bufs, grs, sts, mks in zip(
         keys, hypers, buffers, grads, states, masks
@@ -862,15 +903,18 @@ def _compiled_step(
             # the transform sees only the fields it uses.
             template = _pack_template(factory, static, _shapes(hyper), layout)
             used = old._replace(**{name: None for name, t in template.items() if t is None})
-            # Per-parameter counts reach the math per element (Adam's bias correction
+            # Per-parameter scalars reach the math per element (Adam's bias correction
             # differs between the parameters of one buffer) and come back per parameter.
-            used = used._replace(step=per_element(used.step, layout))
+            scalars = [name for name, field in schema.items() if field.kind == "per_parameter"
+                       and getattr(used, name) is not None]
+            used = used._replace(**{name: per_element(getattr(used, name), layout)
+                                    for name in scalars})
             update, new = tx.update(g, used, value)
-            new = new._replace(step=per_array(new.step, layout))
+            new = new._replace(**{name: per_array(getattr(new, name), layout) for name in scalars})
             new_value = _masked(mask, layout, "buffer", apply_updates(value, update), value)
             new = type(new)(*(
                 # re-attach unchanged the buffers this configuration leaves alone
-                o if n is None else _masked(mask, layout, kinds[name], n, o)
+                o if n is None else _masked(mask, layout, schema[name].kind, n, o)
                 for name, n, o in zip(new._fields, new, old)
             ))
             group_buffers.append(new_value)

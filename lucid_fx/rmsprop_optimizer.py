@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from lucid_fx import torch_compat
 from lucid_fx.optimizer import Optimizer, Params, StateDict
@@ -90,29 +88,17 @@ class RMSprop(Optimizer):
             state_dtype=state_dtype,
         )
 
-    def load_state_dict(self, state_dict: StateDict) -> None:
-        """Restores a :meth:`state_dict`, or a ``torch.optim.RMSprop.state_dict()``.
-
-        A torch dict (torch tensors or NumPy arrays, recognised by torch's own
-        group keys or its tensors) is converted first by
-        :func:`lucid_fx.torch_compat.rmsprop_state_dict_from_torch`: momentum
-        buffers become ``lr·b_torch``, ``step`` int32, and torch-only keys are
-        dropped; parameters pair up by position, as in torch. Then every entry
-        is validated before anything changes; on ``ValueError`` the optimizer is
-        as it was.
-        """
-        if torch_compat.is_torch_state_dict(state_dict):
-            state_dict = torch_compat.rmsprop_state_dict_from_torch(state_dict)
-        _check_state_values(state_dict)
-        super().load_state_dict(state_dict)
+    never_negative = {"step": "a step count", "square_avg": "an average of squares"}
+    # torch keeps lr out of the momentum buffer: b = lr·b_torch (lucid_fx.torch_compat).
+    torch_buffer_from = staticmethod(torch_compat.rmsprop_buffer_from_torch)
+    torch_buffer_to = staticmethod(torch_compat.rmsprop_buffer_to_torch)
 
     def torch_state_dict(self) -> StateDict:
         """This optimizer's state in the form ``torch.optim.RMSprop.load_state_dict`` takes.
 
-        Values are CPU torch tensors (torch must be installed); momentum buffers
-        are ``b / lr`` and ``step`` a float32 tensor. See
-        :func:`lucid_fx.torch_compat.rmsprop_state_dict_to_torch` for what is
-        dropped and when it raises (an lr of 0 with a non-zero buffer, a schedule).
+        As :meth:`Optimizer.torch_state_dict`, with momentum buffers ``b / lr``.
+        Raises ``ValueError`` for an lr of 0 with a non-zero buffer, a schedule,
+        or a complex parameter (torch treats its parts as separate elements).
         """
         for i, p in enumerate(self._indexed_params()):
             if jnp.issubdtype(p.dtype, jnp.complexfloating):
@@ -120,26 +106,4 @@ class RMSprop(Optimizer):
                     f"parameter {i} {p!r} is complex: torch's RMSprop treats its real and "
                     f"imaginary parts as separate elements, so the state does not convert"
                 )
-        return torch_compat.rmsprop_state_dict_to_torch(self.state_dict())
-
-
-def _check_state_values(state_dict: Any) -> None:
-    """Rejects counts and averages no run can produce (an edited or corrupted dict).
-
-    Structure, shapes and dtypes are ``Optimizer.load_state_dict``'s to check.
-    """
-    state = state_dict.get("state") if isinstance(state_dict, Mapping) else None
-    if not isinstance(state, Mapping):
-        return
-    for index, entry in state.items():
-        if not isinstance(entry, Mapping):
-            continue
-        for key, what in (("step", "a step count"), ("square_avg", "an average of squares")):
-            array = np.asarray(entry.get(key, 0))
-            dtype = array.dtype
-            real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-            if real and np.any(array < 0):
-                raise ValueError(
-                    f"state[{index!r}][{key!r}] holds a negative value ({np.min(array)}); "
-                    f"{what} is never negative: the state dict was edited or corrupted"
-                )
+        return super().torch_state_dict()

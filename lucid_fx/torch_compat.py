@@ -46,12 +46,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lucid_fx import state_schema
+from lucid_fx.state_schema import Field
 
 StateDict = dict[str, Any]
 
@@ -59,9 +63,8 @@ StateDict = dict[str, Any]
 # choose torch's kernels (or record a scheduler's base lr), not the math.
 TORCH_ONLY_GROUP_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
 _DROPPED_ON_IMPORT = TORCH_ONLY_GROUP_KEYS | {"initial_lr"}
-# Keys torch.optim.RMSprop reads; everything else of ours is dropped on export.
-_TORCH_HYPERPARAMETERS = ("lr", "momentum", "alpha", "eps", "centered", "weight_decay", "maximize")
-_TORCH_STATE_KEYS = ("step", "square_avg", "grad_avg", "momentum_buffer")
+# lucid_fx's own options, which torch lacks: dropped on export.
+_NOT_FOR_TORCH = frozenset({"params", "param_names", "skip_nonfinite", "state_dtype"})
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
@@ -112,12 +115,6 @@ def _to_number(value: Any) -> Any:
     return value
 
 
-def _lr_of_each_index(groups: Sequence[Mapping[str, Any]]) -> dict[Any, tuple[int, Any]]:
-    return {
-        i: (gi, _to_number(g.get("lr"))) for gi, g in enumerate(groups) for i in g.get("params", ())
-    }
-
-
 def _check_real(array: Any, where: str) -> None:
     if np.iscomplexobj(array):
         raise ValueError(
@@ -137,18 +134,27 @@ def _nonzero(array: Any) -> bool:
     return bool(np.any(np.asarray(array, np.float64) != 0))
 
 
-def rmsprop_state_dict_from_torch(state_dict: Mapping[str, Any]) -> StateDict:
-    """``torch.optim.RMSprop.state_dict()`` → what :meth:`lucid_fx.RMSprop.load_state_dict` takes.
+# A hook that converts one buffer between the two layouts: (key, array, group index,
+# group, where) -> array. RMSprop's momentum buffer holds lr (b = lr·b_torch).
+BufferConversion = Callable[[str, np.ndarray, int, Mapping[str, Any], str], np.ndarray]
 
-    Values may be torch tensors or NumPy arrays. Each momentum buffer becomes
-    ``lr·b_torch`` with its group's lr; ``step`` becomes int32; torch-only group
-    keys are dropped. Everything else is checked by ``load_state_dict``.
 
-    Raises:
-      ValueError: a group's lr is 0 while a momentum buffer of it is non-zero
-        (converting would erase the buffer: set that group's lr in the dict to
-        the lr of the next step first), a complex state, or a step that is not a
-        whole number.
+def state_dict_from_torch(
+    state_dict: Mapping[str, Any],
+    schema: Mapping[str, Field],
+    *,
+    convert: BufferConversion | None = None,
+) -> StateDict:
+    """A ``torch.optim.<Optimizer>.state_dict()`` → what ``Optimizer.load_state_dict`` takes.
+
+    Values may be torch tensors or NumPy arrays. ``schema`` is the state's
+    (:mod:`lucid_fx.state_schema`): step counts become int32, per-parameter
+    scalars (NAdam's ``mu_product``) take the real dtype of the entry's
+    buffers, buffers of ``None`` (torch's SGD before momentum) are left out, and
+    a count torch does not keep (SGD's) is 1 where the parameter has a buffer
+    (it has stepped), else 0. torch-only group keys are dropped. ``convert``
+    changes a buffer's layout where the two differ. Everything else is checked
+    by ``load_state_dict``.
     """
     _check_layout(state_dict)
     groups = [
@@ -157,34 +163,70 @@ def rmsprop_state_dict_from_torch(state_dict: Mapping[str, Any]) -> StateDict:
     ]
     for group, saved in zip(groups, state_dict["param_groups"]):
         group["params"] = list(saved.get("params", ()))
-    lr_of = _lr_of_each_index(groups)
+    group_of = {i: gi for gi, g in enumerate(groups) for i in g["params"]}
     state: dict[Any, Any] = {}
     for index, entry in state_dict["state"].items():
         if not isinstance(entry, Mapping):
             state[index] = entry  # load_state_dict names the problem
             continue
-        converted = {}
-        for key, value in entry.items():
+        arrays = {k: _to_numpy(v) for k, v in entry.items() if v is not None}
+        buffers = [np.asarray(v) for k, v in arrays.items()
+                   if k in schema and schema[k].kind == "buffer"]
+        converted: dict[str, Any] = {}
+        for key, array in arrays.items():
             where = f"state[{index!r}][{key!r}]"
-            array = _to_numpy(value)
-            if key == "step":
-                array = _step_from_torch(array, where)
-            elif key in _TORCH_STATE_KEYS:
-                _check_real(array, where)
-            if key == "momentum_buffer" and index in lr_of:
-                gi, lr = lr_of[index]
-                if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-                    if lr == 0 and _nonzero(array):
-                        raise ValueError(
-                            f"param_groups[{gi}] has lr 0 and {where} is non-zero: lucid_fx keeps "
-                            f"lr inside the momentum buffer (b = lr·b_torch), so converting "
-                            f"would erase it. Set the group's lr in the state dict to the lr of "
-                            f"the next step before loading."
-                        )
-                    array = (np.asarray(array, np.float64) * lr).astype(np.asarray(array).dtype)
+            field = schema.get(key)
+            if field is not None and field.kind == "per_parameter":
+                if np.issubdtype(field.dtype_for(np.float32, None), np.integer):
+                    array = _step_from_torch(array, where)
+                else:
+                    real = np.finfo(buffers[0].dtype).dtype if buffers else np.float32
+                    array = np.asarray(array, real)
+            elif convert is not None and field is not None and index in group_of:
+                gi = group_of[index]
+                array = convert(key, np.asarray(array), gi, groups[gi], where)
             converted[key] = array
+        for key, field in schema.items():
+            if not field.torch_key and field.kind == "per_parameter" and key not in converted:
+                converted[key] = np.asarray(1 if buffers else 0, field.dtype_for(np.float32, None))
         state[index] = converted
     return {"state": state, "param_groups": groups}
+
+
+def rmsprop_state_dict_from_torch(state_dict: Mapping[str, Any]) -> StateDict:
+    """``torch.optim.RMSprop.state_dict()`` → what :meth:`lucid_fx.RMSprop.load_state_dict` takes.
+
+    :func:`state_dict_from_torch` with RMSprop's one difference: each momentum
+    buffer becomes ``lr·b_torch`` with its group's lr.
+
+    Raises:
+      ValueError: a group's lr is 0 while a momentum buffer of it is non-zero
+        (converting would erase the buffer: set that group's lr in the dict to
+        the lr of the next step first), a complex state, or a step that is not a
+        whole number.
+    """
+    from lucid_fx.rmsprop import RMSpropState
+
+    return state_dict_from_torch(state_dict, state_schema.fields_of(RMSpropState),
+                                 convert=rmsprop_buffer_from_torch)
+
+
+def rmsprop_buffer_from_torch(
+    key: str, array: np.ndarray, gi: int, group: Mapping[str, Any], where: str
+) -> np.ndarray:
+    """RMSprop's buffers from torch's layout: ``b = lr·b_torch``; a complex one is refused."""
+    _check_real(array, where)
+    lr = group.get("lr")
+    if key != "momentum_buffer" or not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return array
+    if lr == 0 and _nonzero(array):
+        raise ValueError(
+            f"param_groups[{gi}] has lr 0 and {where} is non-zero: lucid_fx keeps "
+            f"lr inside the momentum buffer (b = lr·b_torch), so converting "
+            f"would erase it. Set the group's lr in the state dict to the lr of "
+            f"the next step before loading."
+        )
+    return (np.asarray(array, np.float64) * lr).astype(array.dtype)
 
 
 def _check_layout(state_dict: Any) -> None:
@@ -209,79 +251,140 @@ def _torch_tensor(array: Any) -> Any:
     return torch.from_numpy(array.copy())
 
 
-def rmsprop_state_dict_to_torch(
-    state_dict: Mapping[str, Any], *, tensors: bool = True
+def state_dict_to_torch(
+    state_dict: Mapping[str, Any],
+    schema: Mapping[str, Field],
+    uses: Callable[[Mapping[str, Any]], frozenset[str]],
+    *,
+    convert: BufferConversion | None = None,
+    tensors: bool = True,
 ) -> StateDict:
-    """A :meth:`lucid_fx.RMSprop.state_dict` in the form ``torch.optim.RMSprop`` loads.
+    """An ``Optimizer.state_dict()`` in the form the matching ``torch.optim`` class loads.
 
-    Each momentum buffer becomes ``b / lr`` with its group's lr, ``step`` a
-    float32 scalar, and buffers a configuration uses but the state lacks yet
-    (``centered`` or ``momentum`` switched on since the last step) are written
-    as zeros, which is what lucid_fx would start them at (torch would fail on a
-    missing key). With ``tensors=True`` (the default, which needs torch) the
-    values are CPU torch tensors; with ``False``, NumPy arrays.
+    Only torch's keys go out (``schema``'s ``torch_key`` fields, and every group
+    key but lucid_fx's own ``skip_nonfinite`` and ``state_dtype``); step counts
+    become float32 scalars, as torch keeps them. Buffers that a group's
+    configuration uses (``uses(group)``) but the state lacks yet (momentum
+    switched on since the last step) are written as zeros, which is where
+    lucid_fx would start them (torch would fail on a missing key). With
+    ``tensors=True`` (the default, which needs torch) the values are CPU torch
+    tensors; with ``False``, NumPy arrays.
 
     Raises:
       ValueError: a group's lr is a schedule (torch's dict holds a number), or
-        is 0 while one of its momentum buffers is non-zero (``b / 0`` is
-        undefined: export before setting lr to 0), or a state is complex.
+        ``convert`` refuses a buffer.
     """
     _check_layout(state_dict)
     as_value = _torch_tensor if tensors else np.asarray
-    groups, lr_of = [], {}
+    groups, group_of = [], {}
     for gi, group in enumerate(state_dict["param_groups"]):
-        lr = group["lr"]
-        if callable(lr):
+        if callable(group.get("lr")):
             raise ValueError(
                 f"param_groups[{gi}]['lr'] is a schedule; torch's state dict holds a number: "
                 f"set the group's lr to the value of the next step before exporting"
             )
         torch_group: dict[str, Any] = {
-            key: _to_number(group[key]) for key in _TORCH_HYPERPARAMETERS if key in group
+            key: _to_number(value) for key, value in group.items()
+            if key not in _NOT_FOR_TORCH
         }
         torch_group.update(capturable=False, foreach=None, differentiable=False)
         torch_group["params"] = list(group["params"])
         if "param_names" in group:  # torch >= 2.6 keeps them beside the indices
             torch_group["param_names"] = list(group["param_names"])
         groups.append(torch_group)
-        lr_of.update({i: (gi, torch_group) for i in group["params"]})
+        group_of.update({i: (gi, group) for i in group["params"]})
     state: dict[Any, Any] = {}
     for index, entry in state_dict["state"].items():
-        if index not in lr_of:
+        if index not in group_of:
             raise ValueError(f"state[{index!r}] names no parameter of the state dict's groups")
-        gi, group = lr_of[index]
-        lr = float(group["lr"])
-        square_avg = np.asarray(entry["square_avg"])
+        gi, group = group_of[index]
+        used = uses(group)
+        like = next(np.asarray(entry[k]) for k, f in schema.items()
+                    if f.kind == "buffer" and k in entry)
         converted: dict[str, Any] = {}
-        for key in _TORCH_STATE_KEYS:
+        for key, field in schema.items():
             where = f"state[{index!r}][{key!r}]"
-            if key == "step":
-                converted[key] = _torch_step(entry[key]) if tensors else np.float32(entry[key])
+            if not field.torch_key:
+                continue
+            if field.kind == "per_parameter":
+                if key in entry:
+                    converted[key] = _torch_scalar(entry[key]) if tensors else (
+                        np.float32(entry[key]) if key == "step" else np.asarray(entry[key]))
                 continue
             if key in entry:
                 array = np.asarray(entry[key])
-            elif (key == "grad_avg" and group.get("centered")) or (
-                key == "momentum_buffer" and group.get("momentum", 0) != 0
-            ):
-                array = np.zeros_like(square_avg)
+            elif key in used:
+                array = np.zeros_like(like)
             else:
                 continue
-            _check_real(array, where)
-            if key == "momentum_buffer":
-                if lr == 0 and _nonzero(array):
-                    raise ValueError(
-                        f"param_groups[{gi}] has lr 0 and {where} is non-zero: torch keeps lr out "
-                        f"of the momentum buffer (b_torch = b / lr), so it cannot be recovered. "
-                        f"Export before setting lr to 0, or with the lr of the next step."
-                    )
-                array = array if lr == 0 else (array.astype(np.float64) / lr).astype(array.dtype)
+            if convert is not None:
+                array = convert(key, array, gi, group, where)
             converted[key] = as_value(array)
         state[index] = converted
     return {"state": state, "param_groups": groups}
 
 
-def _torch_step(step: Any) -> Any:
+def rmsprop_state_dict_to_torch(
+    state_dict: Mapping[str, Any], *, tensors: bool = True
+) -> StateDict:
+    """A :meth:`lucid_fx.RMSprop.state_dict` in the form ``torch.optim.RMSprop`` loads.
+
+    :func:`state_dict_to_torch` with RMSprop's one difference: each momentum
+    buffer becomes ``b / lr`` with its group's lr.
+
+    Raises:
+      ValueError: a group's lr is a schedule (torch's dict holds a number), or
+        is 0 while one of its momentum buffers is non-zero (``b / 0`` is
+        undefined: export before setting lr to 0), or a state is complex.
+    """
+    from lucid_fx.rmsprop import RMSpropState, rmsprop
+
+    return state_dict_to_torch(state_dict, state_schema.fields_of(RMSpropState),
+                               used_fields(rmsprop), convert=rmsprop_buffer_to_torch,
+                               tensors=tensors)
+
+
+def used_fields(
+    factory: Callable[..., Any]
+) -> Callable[[Mapping[str, Any]], frozenset[str]]:
+    """``group -> the state fields that factory(**group's hyper-parameters)`` makes.
+
+    From the transform's own ``init`` (abstractly evaluated, nothing allocated),
+    so the configuration, not a copy of its rules, decides which buffers exist.
+    """
+    names = frozenset(inspect.signature(factory).parameters)
+
+    def uses(group: Mapping[str, Any]) -> frozenset[str]:
+        hyper = {k: v for k, v in group.items() if k in names}
+        state = jax.eval_shape(lambda: factory(**hyper).init(jnp.zeros(1)))
+        return frozenset(k for k, v in state._asdict().items() if v is not None)
+
+    return uses
+
+
+def rmsprop_buffer_to_torch(
+    key: str, array: np.ndarray, gi: int, group: Mapping[str, Any], where: str
+) -> np.ndarray:
+    """RMSprop's buffers in torch's layout: ``b_torch = b / lr``; a complex one is refused."""
+    _check_real(array, where)
+    if key != "momentum_buffer":
+        return array
+    lr = float(group["lr"])
+    if lr == 0 and _nonzero(array):
+        raise ValueError(
+            f"param_groups[{gi}] has lr 0 and {where} is non-zero: torch keeps lr out "
+            f"of the momentum buffer (b_torch = b / lr), so it cannot be recovered. "
+            f"Export before setting lr to 0, or with the lr of the next step."
+        )
+    return array if lr == 0 else (array.astype(np.float64) / lr).astype(array.dtype)
+
+
+def _torch_scalar(value: Any) -> Any:
     import torch
 
-    # torch.optim.RMSprop keeps step as a 0-d float32 tensor on the CPU.
-    return torch.tensor(float(np.asarray(step)), dtype=torch.float32)
+    # torch keeps step counts (and NAdam's mu_product, ASGD's eta and mu) as 0-d
+    # float tensors on the CPU: float32 for a count, the value's own dtype otherwise.
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.tensor(float(array), dtype=torch.float32)
+    return torch.from_numpy(array.copy())

@@ -54,14 +54,13 @@ def check_hyperparameter(
       ValueError: Invalid betas[0] value: 1.0 (expected a number in [0.0, 1.0))
       >>> check_hyperparameter("dampening", -0.5, low=None)  # any real number
     """
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if callable(value) or isinstance(value, jax.core.Tracer) or (
+            isinstance(value, PreciseScalar) and isinstance(value.pair, jax.core.Tracer)):
         return
     try:
         number = concrete_value(value)
     except ValueError as error:  # an array, or a ragged list
         raise ValueError(f"Invalid {name} value: {error}") from None
-    if number is None:  # a PreciseScalar under a trace
-        return
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         # ValueError, not TypeError: the contract is one error type for every bad value.
         message = f"Invalid {name} value: {value!r} (expected a real number)"
