@@ -97,6 +97,13 @@ class Optimizer:
     # momentum buffer): the conversions, as torch_compat.BufferConversion.
     torch_buffer_from: torch_compat.BufferConversion | None = None
     torch_buffer_to: torch_compat.BufferConversion | None = None
+    # State fields no run makes negative, and what they are (for the message);
+    # counts always, a subclass adds what its math rules out (RMSprop's average).
+    never_negative: Mapping[str, str] = {"step": "a step count"}
+    # Hyper-parameters compiled out while they are 0, as the functional face does for
+    # a Python 0: weight decay then reads no θ (one pass over memory fewer). Writing
+    # a non-zero value compiles the step once more; going back to 0 reuses the first.
+    compiled_out_at_zero: tuple[str, ...] = ("weight_decay",)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # A subclass's explicit __init__ (the signature IDEs and type checkers see)
@@ -354,6 +361,8 @@ class Optimizer:
                 getattr(self._pack_state.get(pack), field, None) is not None for pack in packs
             ):
                 static.append((name, 0))
+            elif name in self.compiled_out_at_zero and value == 0:
+                static.append((name, 0))
             else:
                 # At double precision: torch forms 1 - β in float64 (PreciseScalar).
                 arrays[name] = as_precise(value)
@@ -505,10 +514,6 @@ class Optimizer:
         return torch_compat.state_dict_to_torch(
             self.state_dict(), _schema(factory), torch_compat.used_fields(factory),
             convert=type(self).torch_buffer_to)
-
-    # State fields no run makes negative, and what they are (for the message);
-    # counts always, a subclass adds what its math rules out (RMSprop's average).
-    never_negative: Mapping[str, str] = {"step": "a step count"}
 
     def _check_state_values(self, state_dict: Any) -> None:
         """Rejects values no run can produce (an edited or corrupted dict).
