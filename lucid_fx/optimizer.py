@@ -572,8 +572,14 @@ class Optimizer:
             # Keys beyond the factory's (a scheduler's initial_lr, max_lr, ...) are
             # restored with the group, as torch does; only the factory's are checked.
             hyper = _hyperparameters(saved)
+            # Every hyper-parameter torch has too must be saved: a missing one means a
+            # misspelt or foreign dict (lr saved as "learning_rate"), not "use the default".
+            # lucid_fx's own options keep the group's values when absent (torch's dicts).
+            missing = sorted(set(self.defaults) - set(hyper) - torch_compat.LUCID_ONLY_OPTIONS)
+            if missing:
+                raise ValueError(f"param_groups[{gi}] lacks key(s) {missing}")
             try:
-                own = _hyperparameters({**self.defaults, **hyper}, self.defaults)
+                own = _hyperparameters({**group, **hyper}, self.defaults)
                 self._check_hyperparameters(own)
             except ValueError as error:
                 raise ValueError(f"param_groups[{gi}]: {error}") from None

@@ -63,8 +63,9 @@ StateDict = dict[str, Any]
 # choose torch's kernels (or record a scheduler's base lr), not the math.
 TORCH_ONLY_GROUP_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
 _DROPPED_ON_IMPORT = TORCH_ONLY_GROUP_KEYS | {"initial_lr"}
-# lucid_fx's own options, which torch lacks: dropped on export.
-_NOT_FOR_TORCH = frozenset({"params", "param_names", "skip_nonfinite", "state_dtype"})
+# lucid_fx's own options, which torch lacks: dropped on export, kept on import.
+LUCID_ONLY_OPTIONS = frozenset({"skip_nonfinite", "state_dtype"})
+_NOT_FOR_TORCH = frozenset({"params", "param_names"}) | LUCID_ONLY_OPTIONS
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
