@@ -88,7 +88,7 @@ class Optimizer:
     hyper-parameter whose 0 removes a field (compiled out while it is 0 and no
     parameter of the group holds that field yet, as momentum's buffer). Its
     field names are the state-dict keys. A schedule for ``lr`` is not accepted
-    here: write the new value into ``param_groups`` instead, as torch schedulers do.
+    here: a scheduler of :mod:`lucid_fx.lr_scheduler` writes ``param_groups``.
     """
 
     transform: Callable[..., GradientTransformation]
@@ -169,9 +169,10 @@ class Optimizer:
         type(self).transform(**hyper)
         if callable(hyper.get("lr")):
             raise ValueError(
-                "a stateful optimizer takes a number for lr, not a schedule: write the "
-                "scheduled value into optimizer.param_groups[i]['lr'] before each step "
-                "(no recompilation), or use the functional fx.rmsprop(lr=schedule)"
+                "a stateful optimizer takes a number for lr, not a schedule: drive it with "
+                "a scheduler from fx.lr_scheduler (it writes param_groups[i]['lr'], no "
+                "recompilation), or pass the schedule to a functional transform "
+                "(fx.adam(lr=fx.schedules.cosine_annealing_lr(...)))"
             )
 
     def add_param_group(self, param_group: ParamGroup) -> None:
@@ -413,32 +414,44 @@ class Optimizer:
     def _complete_state(
         self, pack: ParamPack, static: tuple[tuple[str, Any], ...], arrays: dict[str, Any]
     ) -> PackState:
-        """The pack's state with every buffer this configuration uses (zeros if new).
+        """The pack's state with every buffer this configuration uses, each Parameter's
+        starting where the transform's ``init`` starts it at that Parameter's first step.
 
-        Made here rather than inside the compiled step, so that the step's input
-        and output states have one structure and it compiles once, also when
+        torch creates a Parameter's state at its first step, with the
+        hyper-parameters of then (Rprop's step size is the lr of then): so the
+        slots that step for the first time, and every field that is new, are
+        taken from a fresh ``init`` with the current hyper-parameters. Made here
+        rather than inside the compiled step, so that the step's input and
+        output states have one structure and it compiles once, also when
         momentum or centered is switched on mid-run.
         """
         state = self._pack_state.get(pack)
         template = _pack_template(type(self).transform, static, _shapes(arrays), pack.layout)
-        if state is not None and all(
+        first = pack.has_grad & ~self._initialized[pack]  # slots stepping for the first time
+        if state is not None and not first.any() and all(
             getattr(state, name) is not None for name, t in template.items() if t is not None
         ):
             return state
-        # New fields start where the transform's own init starts them, laid out
-        # like the buffer (its init places them); per-parameter scalars (a step
-        # count) become one entry per parameter of the pack.
+        # The init's fields are laid out like the buffer (its init places them);
+        # per-parameter scalars (a step count) become one entry per parameter.
         fresh = type(self).transform(**dict(static), **arrays).init(pack.buffer)
         schema = _schema(type(self).transform)
         fields = {}
         for name, t in template.items():
             old = None if state is None else getattr(state, name)
-            if old is not None or t is None:
+            kind = schema[name].kind
+            if t is None or (old is not None and kind == "counter"):
                 fields[name] = old
-            elif schema[name].kind == "per_parameter":
-                fields[name] = jnp.broadcast_to(getattr(fresh, name), t.shape).astype(t.dtype)
+                continue
+            new = getattr(fresh, name)
+            if kind == "per_parameter":
+                new = jnp.broadcast_to(new, t.shape).astype(t.dtype)
+            if old is None:
+                fields[name] = new
+            elif first.any():
+                fields[name] = _masked(first, pack.layout, kind, new, old)
             else:
-                fields[name] = getattr(fresh, name)
+                fields[name] = old
         return _state_type(type(self).transform)(**fields)
 
     # ----- state dicts --------------------------------------------------------------
