@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from family import family
 from harness import (
     Row,
     Settings,
@@ -532,4 +533,5 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "compile": compile_time,
     "memory": memory,
     "bf16": bf16,
+    "family": family,
 }

@@ -7,13 +7,12 @@ and :func:`adamw` is :func:`adam` with ``decoupled_weight_decay=True``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
     OptState,
@@ -30,14 +29,16 @@ from lucid_fx.elementwise import (
     compute_dtype,
     hyper,
     keep_old_if_nonfinite,
+    lerp,
     map_kernel,
     next_step,
+    one_minus_power,
     real_dtype,
     scheduled,
 )
-from lucid_fx import state_schema as schema
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
+    check_betas,
     check_flag,
     check_float_dtype,
     check_hyperparameter,
@@ -74,28 +75,6 @@ class AdamState(NamedTuple):
     skipped: jax.Array | None
 
 
-def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
-    """start + weight·(end - start), exact at both ends (weight 0 gives start, 1 gives end).
-
-    The form is chosen by the weight: from ``start`` for weight < 0.5, from
-    ``end`` otherwise, so that neither endpoint is lost to rounding.
-    """
-    diff = end - start
-    if not isinstance(weight, jax.core.Tracer) and np.ndim(weight) == 0:  # choose it here
-        return start + weight * diff if weight < 0.5 else end - diff * (1 - weight)
-    return jnp.where(weight < 0.5, start + weight * diff, end - diff * (1 - weight))
-
-
-def _one_minus_power(one_minus_beta: jax.Array, t: jax.Array) -> jax.Array:
-    """1 - β^t from 1 - β, without the cancellation of forming β^t first.
-
-    In float32, β₂ = 0.999 rounds to 0.99900001, so 1 - β₂^t formed from it
-    is 0.00099998713 at t = 1, 1.3e-5 off (torch forms it in float64). From
-    1 - β, formed in β's own precision, it is as exact as float32 allows.
-    """
-    return -jnp.expm1(t * jnp.log1p(-one_minus_beta))
-
-
 def adam_kernel(
     grad: jax.Array,
     param: jax.Array | None,
@@ -127,8 +106,7 @@ def adam_kernel(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from lucid_fx.adam import adam_kernel
-      >>> delta, m, v, _ = adam_kernel(
+      >>>       >>> delta, m, v, _ = adam_kernel(
       ...     jnp.array([2.0]), None, jnp.zeros(1), jnp.zeros(1), None, step=1, lr=0.1,
       ...     beta1=0.9, beta2=0.999, eps=0.0, weight_decay=None, decoupled_weight_decay=False)
       >>> [round(x, 6) for x in (m[0].item(), v[0].item(), delta[0].item())]  # delta = -η·sign(g)
@@ -149,7 +127,7 @@ def adam_kernel(
             g = g + h(weight_decay) * theta
     # 1 - β from β's own precision: from a rounded β it loses digits (β₂ = 0.999 in float32).
     one_minus_b1, one_minus_b2 = h(1 - beta1), h(1 - beta2)
-    new_m = _lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
+    new_m = lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
     # (1-β₂)·g·g + β₂·v: written in this order XLA fuses the add into the g·g product,
     # as torch's addcmul does.
     new_v = ((one_minus_b2 * g) * g + h(beta2) * exp_avg_sq.astype(compute)).astype(
@@ -161,8 +139,8 @@ def adam_kernel(
         new_max = jnp.maximum(max_exp_avg_sq.astype(compute), v).astype(max_exp_avg_sq.dtype)
         v = new_max.astype(compute)
     t = jnp.asarray(step).astype(real)
-    bias_correction1 = _one_minus_power(one_minus_b1, t)
-    bias_correction2_sqrt = jnp.sqrt(_one_minus_power(one_minus_b2, t))
+    bias_correction1 = one_minus_power(one_minus_b1, t)
+    bias_correction2_sqrt = jnp.sqrt(one_minus_power(one_minus_b2, t))
     step_size = h(lr) / bias_correction1
     denom = jnp.sqrt(v) / bias_correction2_sqrt + h(eps)
     delta = (-step_size * new_m.astype(compute)) / denom
@@ -171,16 +149,6 @@ def adam_kernel(
         # exactly whenever θ_t is within a factor 2 of θ (Sterbenz).
         delta = (decayed + delta) - theta
     return delta.astype(grad.dtype), new_m, new_v, new_max
-
-
-def _check_betas(betas: Any) -> tuple[Any, Any]:
-    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
-        raise ValueError(
-            f"Invalid betas value: {betas!r} (expected a pair (beta1, beta2), each in [0.0, 1.0))"
-        )
-    for i, beta in enumerate(betas):
-        check_hyperparameter(f"betas[{i}]", beta, high=1.0, high_open=True)
-    return betas[0], betas[1]
 
 
 def adam(
@@ -245,8 +213,7 @@ def adam(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from lucid_fx.base import apply_updates
-      >>> from lucid_fx.adam import adam
-      >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+      >>>       >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
       >>> tx = adam(lr=0.1)
       >>> params = {"w": jnp.zeros(3)}
       >>> state = tx.init(params)
@@ -276,7 +243,7 @@ def _adam(
 ) -> GradientTransformation:
     """:func:`adam` under the ``name`` its messages use ("adam" or "adamw")."""
     check_hyperparameter("lr", lr)
-    beta1, beta2 = _check_betas(betas)
+    beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
     check_hyperparameter("weight_decay", weight_decay)
     check_flag("amsgrad", amsgrad)
@@ -376,8 +343,7 @@ def adamw(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from lucid_fx.adam import adamw
-      >>> tx = adamw(lr=0.1, weight_decay=0.5)
+      >>>       >>> tx = adamw(lr=0.1, weight_decay=0.5)
       >>> params = jnp.array([2.0])
       >>> updates, state = tx.update(jnp.zeros(1), tx.init(params), params)
       >>> round(float(params[0] + updates[0]), 6)   # 2·(1 - 0.1·0.5): decay only, g = 0

@@ -28,10 +28,11 @@ class Adam(Optimizer):
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
       >>> model = {"w": fx.Parameter(jnp.zeros(3))}
+      >>> loss_fn = lambda m: jnp.sum((m["w"] - 1.0) ** 2)  # one function: compiled once
       >>> optimizer = fx.Adam(fx.parameters(model), lr=0.1)
       >>> for _ in range(200):
       ...     optimizer.zero_grad()
-      ...     loss = fx.backward(lambda m: jnp.sum((m["w"] - 1.0) ** 2), model)
+      ...     loss = fx.backward(loss_fn, model)
       ...     optimizer.step()
       >>> bool(loss < 1e-3), int(optimizer.state[model["w"]]["step"])
       (True, 200)

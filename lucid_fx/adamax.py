@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from lucid_fx import state_schema as schema
-from lucid_fx.adam import _check_betas, _lerp, _one_minus_power
 from lucid_fx.base import (
     GradientTransformation,
     OptState,
@@ -29,13 +28,16 @@ from lucid_fx.elementwise import (
     compute_dtype,
     hyper,
     keep_old_if_nonfinite,
+    lerp,
     map_kernel,
     next_step,
+    one_minus_power,
     real_dtype,
     scheduled,
 )
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
+    check_betas,
     check_flag,
     check_float_dtype,
     check_hyperparameter,
@@ -110,12 +112,12 @@ def adamax_kernel(
         g = g + h(weight_decay) * param.astype(compute)
     # 1 - β₁ from β₁'s own precision: from a rounded β₁ it loses digits.
     one_minus_b1 = h(1 - beta1)
-    new_m = _lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
+    new_m = lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
     new_u = jnp.maximum(exp_inf.astype(compute) * h(beta2), jnp.abs(g) + h(eps)).astype(
         exp_inf.dtype
     )
     t = jnp.asarray(step).astype(real)
-    step_size = h(lr) / _one_minus_power(one_minus_b1, t)
+    step_size = h(lr) / one_minus_power(one_minus_b1, t)
     delta = (-step_size * new_m.astype(compute)) / new_u.astype(compute)
     return delta.astype(grad.dtype), new_m, new_u
 
@@ -183,7 +185,7 @@ def adamax(
       (True, 200)
     """
     check_hyperparameter("lr", lr)
-    beta1, beta2 = _check_betas(betas)
+    beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
     check_hyperparameter("weight_decay", weight_decay)
     check_flag("maximize", maximize)

@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, TypeVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.elementwise import buffer_dtype, real_dtype
@@ -69,6 +71,13 @@ class Field(NamedTuple):
         """This field's dtype for a parameter of ``param_dtype`` under ``state_dtype``."""
         return np.dtype(self.dtype(np.dtype(param_dtype), state_dtype))
 
+    def tree_dtype(self, params: Any, state_dtype: Any | None) -> np.dtype:
+        """The dtype of this field when one value serves a whole tree (the functional
+        face's step or ``mu_product``): the rule over every leaf, the widest result."""
+        dtypes = [self.dtype_for(jnp.result_type(p), state_dtype) for p in jax.tree.leaves(params)]
+        return np.dtype(jnp.result_type(*dtypes)) if dtypes else self.dtype_for(
+            np.float32, state_dtype)
+
 
 def buffer(*, optional: bool = False, real: bool = False,
            absent_when_zero: str | None = None) -> Field:
@@ -92,9 +101,10 @@ def count(*, torch_key: bool = True) -> Field:
 
 
 def scalar(*, optional: bool = False) -> Field:
-    """A real number per parameter (NAdam's ``mu_product``), in the parameter's real dtype."""
-    return Field("per_parameter", lambda param_dtype, state_dtype: real_dtype(param_dtype),
-                 optional)
+    """A real number per parameter (NAdam's ``mu_product``): the parameter's real dtype,
+    at least float32 (torch keeps these in float32 for bfloat16 parameters too)."""
+    return Field("per_parameter", lambda param_dtype, state_dtype: np.promote_types(
+        real_dtype(param_dtype), np.float32), optional)
 
 
 def counter() -> Field:

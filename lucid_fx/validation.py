@@ -7,6 +7,7 @@ faces reject the same input with the same message.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 import jax
@@ -156,3 +157,14 @@ def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against:
                 f"{what} do not match {against}: {_path_name(path)} has shape "
                 f"{np.shape(giv)}, expected {np.shape(exp)}"
             )
+
+
+def check_betas(betas: Any) -> tuple[Any, Any]:
+    """``(β₁, β₂)`` from ``betas``: a pair, each in [0, 1); ``ValueError`` naming it otherwise."""
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(
+            f"Invalid betas value: {betas!r} (expected a pair (beta1, beta2), each in [0.0, 1.0))"
+        )
+    for i, beta in enumerate(betas):
+        check_hyperparameter(f"betas[{i}]", beta, high=1.0, high_open=True)
+    return betas[0], betas[1]

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from reference import adam_reference, max_rel_error, reference_run, sgd_reference
+from reference import adadelta_reference, adagrad_reference, adamax_reference, rprop_reference
+from reference import asgd_reference, nadam_reference, radam_reference
 
 import lucid_fx as fx
 from lucid_fx.adam import adam, adamw
@@ -125,10 +127,10 @@ ROWS: dict[str, Row] = {
     "sgd": Row("sgd", sgd, "SGD", _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
                sgd_reference, ("momentum_buffer",), stateful=fx.SGD),
     "adam": Row("adam", adam, "Adam", _product_grid(ADAM_AXES, {"lr": 0.01}),
-                adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+                adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.Adam),
     "adamw": Row("adamw", adamw, "AdamW", _product_grid(ADAMW_AXES, {"lr": 0.01}),
                  lambda *a, **k: adam_reference(*a, decoupled_weight_decay=True, **k),
-                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.AdamW),
     # The page puts η inside RMSprop's momentum buffer, torch keeps it out: with a
     # constant η, ours is torch's × η. torch treats complex as real pairs, the design |g|².
     "rmsprop": Row("rmsprop", fx.rmsprop, "RMSprop",
@@ -138,7 +140,41 @@ ROWS: dict[str, Row] = {
                    torch_scale=lambda key, c: c["lr"] if key == "momentum_buffer" else 1.0,
                    torch_complex=False, stateful=fx.RMSprop),
     # -- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
+    # lr_decay, weight_decay and initial_accumulator_value each change the traced code.
+    "adagrad": Row("adagrad", fx.adagrad, "Adagrad", _product_grid(
+        {"lr_decay": (0, 0.05), "weight_decay": (0, 0.1),
+         "initial_accumulator_value": (0, 0.1), "maximize": (False, True)}, {"lr": 0.05}),
+        adagrad_reference, ("sum",), stateful=fx.Adagrad),
+    # lr ≠ 1 so that where η is applied (to Δx only, never inside u) is tested.
+    "adadelta": Row("adadelta", fx.adadelta, "Adadelta", _product_grid(
+        {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.5}),
+        adadelta_reference, ("square_avg", "acc_delta"), stateful=fx.Adadelta),
+    "adamax": Row("adamax", fx.adamax, "Adamax", _product_grid(
+        {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.01}),
+        adamax_reference, ("exp_avg", "exp_inf"), stateful=fx.Adamax),
+    # The narrow step_sizes and wide etas make both clamps bind within 20 steps.
+    "rprop": Row("rprop", fx.rprop, "Rprop", _product_grid(
+        {"etas": ((0.5, 1.2), (0.25, 1.5)), "step_sizes": ((1e-6, 50), (1e-3, 0.02)),
+         "maximize": (False, True)}, {"lr": 0.01}),
+        rprop_reference, ("prev", "step_size"), stateful=fx.Rprop),
     # -- the rest of the family: NAdam, RAdam, ASGD
+    # The per-parameter scalars (NAdam's mu_product, ASGD's eta and mu) are not in buffers:
+    # they are real numbers, not parameter-shaped in the parameter's dtype, which the dtype
+    # tests of test_family assume; tests/test_<name>.py compare them with torch's.
+    # Over STEPS = 20, RAdam's ρ_t crosses 5 at t = 6 (β₂ = 0.999): both of its branches run.
+    "nadam": Row("nadam", fx.nadam, "NAdam", _product_grid(
+        {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
+         "maximize": (False, True)}, {"lr": 0.01}),
+        nadam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.NAdam),
+    "radam": Row("radam", fx.radam, "RAdam", _product_grid(
+        {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
+         "maximize": (False, True)}, {"lr": 0.01}),
+        radam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.RAdam),
+    # t0 = 5 starts the averaging (μ < 1) at step 8 of 20; λ = 0.01 makes the decay visible.
+    "asgd": Row("asgd", fx.asgd, "ASGD", _product_grid(
+        {"t0": (1e6, 5.0), "weight_decay": (0, 0.1), "maximize": (False, True)},
+        {"lr": 0.05, "lambd": 0.01}),
+        asgd_reference, ("ax",), stateful=fx.ASGD),
 }
 
 

@@ -295,5 +295,362 @@ def adam_reference(
 
 
 # ----- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
+#
+# torch's documented algorithms (torch.optim.Adagrad / Adadelta / Adamax / Rprop pages,
+# torch 2.13), per element, with gradient g (negated first when maximize), parameter θ,
+# step t (1 at the first update), η = lr(t - 1) and λ = weight_decay (g ← g + λ·θ):
+#
+#   Adagrad:   s_0 = initial_accumulator_value;  s_t = s_{t-1} + g²
+#              θ_t = θ - η/(1 + (t-1)·lr_decay) · g / (sqrt(s_t) + ε)
+#   Adadelta:  v_t = ρ·v_{t-1} + (1-ρ)·g²;  Δx = sqrt(u_{t-1} + ε)/sqrt(v_t + ε)·g
+#              u_t = ρ·u_{t-1} + (1-ρ)·Δx²;  θ_t = θ - η·Δx
+#   Adamax:    m_t = β₁·m_{t-1} + (1-β₁)·g;  u_t = max(β₂·u_{t-1}, |g| + ε)
+#              θ_t = θ - η/(1-β₁^t) · m_t / u_t
+#   Rprop:     s_0 = lr;  g·g_prev > 0: s ← min(η₊·s, Γ_max);  < 0: s ← max(η₋·s, Γ_min), g ← 0
+#              θ_t = θ - s·sign(g);  g_prev ← g        (no weight decay, lr used once)
+#
+# All four treat a complex parameter as a pair of reals (torch.view_as_real).
+
+
+def _family_run(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    buffers: dict[str, float],
+    step: Callable[[int, np.ndarray, np.ndarray, dict[str, np.ndarray]], np.ndarray],
+    *,
+    maximize: bool,
+    weight_decay: float = 0.0,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """Runs ``step(t, g, θ, buffers) -> θ_t`` per parameter over real pairs.
+
+    ``buffers`` maps each state key to its starting value (a number). Returns
+    ``(params_history, final_state)`` as :func:`sgd_reference`.
+    """
+    like = [_as_reference_array(p) for p in params]
+    theta = [_as_real_pairs(p) for p in like]
+    state = [{k: np.full(x.shape, v, np.float64) for k, v in buffers.items()} for x in theta]
+    history = []
+    for t, grads in enumerate(grads_seq, start=1):
+        for i, grad in enumerate(grads):
+            g = _as_real_pairs(_as_reference_array(grad))
+            if maximize:
+                g = -g
+            if weight_decay != 0:
+                g = g + weight_decay * theta[i]
+            theta[i] = step(t, g, theta[i], state[i])
+        history.append([_from_real_pairs(x, p) for x, p in zip(theta, like)])
+    final: dict[str, Any] = {"step": len(grads_seq)}
+    for key in buffers:
+        final[key] = [_from_real_pairs(s[key], p) for s, p in zip(state, like)]
+    return history, final
+
+
+def adagrad_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """Adagrad over ``grads_seq`` in float64; ``final_state`` has ``step`` and ``sum``.
+
+    Example:
+      >>> history, state = adagrad_reference([np.array([1.0])], [[np.array([2.0])]] * 2,
+      ...                                    lr=0.5, lr_decay=1.0, eps=0.0)
+      >>> [round(float(h[0][0]), 12) for h in history]   # 1 - 0.5·2/2, then - 0.25·2/sqrt(8)
+      [0.5, 0.323223304703]
+    """
+
+    def step(t: int, g: np.ndarray, theta: np.ndarray, s: dict[str, np.ndarray]) -> np.ndarray:
+        s["sum"] = s["sum"] + g * g
+        clr = lr_at(lr, t - 1) / (1 + (t - 1) * lr_decay)
+        return theta - clr * g / (np.sqrt(s["sum"]) + eps)
+
+    return _family_run(params, grads_seq, {"sum": initial_accumulator_value}, step,
+                       maximize=maximize, weight_decay=weight_decay)
+
+
+def adadelta_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """Adadelta over ``grads_seq`` in float64; ``final_state`` has ``step``,
+    ``square_avg`` and ``acc_delta``.
+
+    Example:
+      >>> history, state = adadelta_reference([np.array([1.0])], [[np.array([2.0])]],
+      ...                                     rho=0.0, eps=1.0)
+      >>> round(float(history[0][0][0]), 12)   # Δx = sqrt(0 + 1)/sqrt(4 + 1)·2
+      0.105572809
+    """
+
+    def step(t: int, g: np.ndarray, theta: np.ndarray, s: dict[str, np.ndarray]) -> np.ndarray:
+        s["square_avg"] = rho * s["square_avg"] + (1 - rho) * g * g
+        dx = np.sqrt(s["acc_delta"] + eps) / np.sqrt(s["square_avg"] + eps) * g
+        s["acc_delta"] = rho * s["acc_delta"] + (1 - rho) * dx * dx
+        return theta - lr_at(lr, t - 1) * dx
+
+    return _family_run(params, grads_seq, {"square_avg": 0.0, "acc_delta": 0.0}, step,
+                       maximize=maximize, weight_decay=weight_decay)
+
+
+def adamax_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """Adamax over ``grads_seq`` in float64; ``final_state`` has ``step``, ``exp_avg``
+    and ``exp_inf``.
+
+    Example:
+      >>> history, state = adamax_reference([np.array([1.0])], [[np.array([-3.0])]], lr=0.1,
+      ...                                   eps=0.0)
+      >>> round(float(history[0][0][0]), 12), float(state["exp_inf"][0][0])  # η·sign(g)
+      (1.1, 3.0)
+    """
+    beta1, beta2 = (float(b) for b in betas)
+
+    def step(t: int, g: np.ndarray, theta: np.ndarray, s: dict[str, np.ndarray]) -> np.ndarray:
+        s["exp_avg"] = beta1 * s["exp_avg"] + (1 - beta1) * g
+        s["exp_inf"] = np.maximum(beta2 * s["exp_inf"], np.abs(g) + eps)
+        return theta - lr_at(lr, t - 1) / (1 - beta1**t) * s["exp_avg"] / s["exp_inf"]
+
+    return _family_run(params, grads_seq, {"exp_avg": 0.0, "exp_inf": 0.0}, step,
+                       maximize=maximize, weight_decay=weight_decay)
+
+
+def rprop_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: float = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50),
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """Rprop over ``grads_seq`` in float64; ``final_state`` has ``step``, ``prev`` and
+    ``step_size``.
+
+    Example:
+      >>> history, state = rprop_reference([np.array([0.0])], [[np.array([1.0])]] * 3,
+      ...                                  lr=0.5, etas=(0.5, 2.0))
+      >>> [float(h[0][0]) for h in history]   # steps 0.5, 1, 2: the same sign grows s
+      [-0.5, -1.5, -3.5]
+    """
+    etaminus, etaplus = (float(e) for e in etas)
+    smallest, largest = (float(s) for s in step_sizes)
+
+    def step(t: int, g: np.ndarray, theta: np.ndarray, s: dict[str, np.ndarray]) -> np.ndarray:
+        same, flipped = g * s["prev"] > 0, g * s["prev"] < 0
+        size = s["step_size"]
+        size = np.where(same, np.minimum(size * etaplus, largest), size)
+        size = np.where(flipped, np.maximum(size * etaminus, smallest), size)
+        g = np.where(flipped, 0.0, g)
+        s["step_size"], s["prev"] = size, g
+        return theta - size * np.sign(g)
+
+    return _family_run(params, grads_seq, {"prev": 0.0, "step_size": float(lr)}, step,
+                       maximize=maximize)
 
 # ----- the rest of the family: NAdam, RAdam, ASGD
+#
+# torch's documented algorithms (torch.optim.NAdam / RAdam pages, torch 2.13; ASGD from
+# its paper's recursion as torch states it), per element, with gradient g (negated first
+# when maximize), parameter θ, step t (1 at the first update) and η = lr(t - 1):
+#
+#   NAdam: decoupled: θ ← θ·(1 - η·λ), else g ← g + λ·θ
+#          μ_t = β₁·(1 - 0.5·0.96^(t·ψ));  Π_t = Π_{t-1}·μ_t (Π_0 = 1)
+#          m_t = β₁·m + (1-β₁)·g;  v_t = β₂·v + (1-β₂)·g²
+#          θ_t = θ - η·[(1-μ_t)·g/(1-Π_t) + μ_{t+1}·m_t/(1-Π_t·μ_{t+1})] / (sqrt(v_t/(1-β₂^t)) + ε)
+#   RAdam: decoupled: θ ← θ·(1 - η·λ), else g ← g + λ·θ;  m_t, v_t as Adam;  m̂ = m_t/(1-β₁^t)
+#          ρ_∞ = 2/(1-β₂) - 1;  ρ_t = ρ_∞ - 2t·β₂^t/(1-β₂^t)
+#          ρ_t > 5: θ_t = θ - η·m̂·r_t·sqrt(1-β₂^t)/(sqrt(v_t) + ε),
+#                   r_t = sqrt((ρ_t-4)(ρ_t-2)ρ_∞ / ((ρ_∞-4)(ρ_∞-2)ρ_t))
+#          else:    θ_t = θ - η·m̂
+#   ASGD:  η_0 = lr(0), μ_0 = 1;  g ← g + λ_wd·θ
+#          θ_t = θ·(1 - λ·η_{t-1}) - η_{t-1}·g
+#          ax_t = θ_t if μ_{t-1} = 1 else ax + μ_{t-1}·(θ_t - ax)
+#          η_t = lr(t-1) / (1 + λ·lr(t-1)·t)^α;  μ_t = 1 / max(1, t - t0)
+#
+# All three treat a complex parameter as a pair of reals (torch.view_as_real). The
+# per-parameter scalars (mu_product, eta, mu) are the same for every parameter here,
+# as all take every step: the final state holds each as one float.
+
+
+def _adam_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta1: float,
+                  beta2: float) -> tuple[np.ndarray, np.ndarray]:
+    return beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+
+
+def nadam_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """NAdam over ``grads_seq`` in float64; ``final_state`` has ``step``, ``mu_product``
+    (a float), ``exp_avg`` and ``exp_avg_sq``.
+
+    Example:
+      >>> history, state = nadam_reference([np.array([0.0])], [[np.array([1.0])]], lr=0.1,
+      ...                                  betas=(0.0, 0.0), eps=0.0)
+      >>> float(history[0][0][0]), state["mu_product"]   # β₁ = 0: μ = 0, a plain -η·sign(g)
+      (-0.1, 0.0)
+    """
+    beta1, beta2 = (float(b) for b in betas)
+    like = [_as_reference_array(p) for p in params]
+    theta = [_as_real_pairs(p) for p in like]
+    m = [np.zeros_like(p) for p in theta]
+    v = [np.zeros_like(p) for p in theta]
+
+    def mu_at(t: int) -> float:
+        return beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+
+    product = 1.0
+    history = []
+    for t, grads in enumerate(grads_seq, start=1):
+        eta = lr_at(lr, t - 1)
+        mu, mu_next = mu_at(t), mu_at(t + 1)
+        product *= mu
+        for i, grad in enumerate(grads):
+            g = _as_real_pairs(_as_reference_array(grad))
+            if maximize:
+                g = -g
+            if weight_decay != 0:
+                if decoupled_weight_decay:
+                    theta[i] = theta[i] * (1 - eta * weight_decay)
+                else:
+                    g = g + weight_decay * theta[i]
+            m[i], v[i] = _adam_moments(m[i], v[i], g, beta1, beta2)
+            m_hat = mu_next * m[i] / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
+            theta[i] = theta[i] - eta * m_hat / (np.sqrt(v[i] / (1 - beta2**t)) + eps)
+        history.append([_from_real_pairs(x, p) for x, p in zip(theta, like)])
+    return history, {
+        "step": len(grads_seq),
+        "mu_product": product,
+        "exp_avg": [_from_real_pairs(x, p) for x, p in zip(m, like)],
+        "exp_avg_sq": [_from_real_pairs(x, p) for x, p in zip(v, like)],
+    }
+
+
+def radam_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """RAdam over ``grads_seq`` in float64; ``final_state`` has ``step``, ``exp_avg`` and
+    ``exp_avg_sq``.
+
+    Example:
+      >>> history, _ = radam_reference([np.array([0.0])], [[np.array([2.0])]], lr=0.1)
+      >>> round(float(history[0][0][0]), 12)   # ρ₁ = 1 <= 5: θ - η·m̂ = -0.1·2
+      -0.2
+    """
+    beta1, beta2 = (float(b) for b in betas)
+    like = [_as_reference_array(p) for p in params]
+    theta = [_as_real_pairs(p) for p in like]
+    m = [np.zeros_like(p) for p in theta]
+    v = [np.zeros_like(p) for p in theta]
+    rho_inf = 2 / (1 - beta2) - 1
+    history = []
+    for t, grads in enumerate(grads_seq, start=1):
+        eta = lr_at(lr, t - 1)
+        rho = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+        for i, grad in enumerate(grads):
+            g = _as_real_pairs(_as_reference_array(grad))
+            if maximize:
+                g = -g
+            if weight_decay != 0:
+                if decoupled_weight_decay:
+                    theta[i] = theta[i] * (1 - eta * weight_decay)
+                else:
+                    g = g + weight_decay * theta[i]
+            m[i], v[i] = _adam_moments(m[i], v[i], g, beta1, beta2)
+            m_hat = m[i] / (1 - beta1**t)
+            if rho > 5:
+                rect = np.sqrt((rho - 4) * (rho - 2) * rho_inf
+                               / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                adaptive = np.sqrt(1 - beta2**t) / (np.sqrt(v[i]) + eps)
+                theta[i] = theta[i] - eta * m_hat * rect * adaptive
+            else:
+                theta[i] = theta[i] - eta * m_hat
+        history.append([_from_real_pairs(x, p) for x, p in zip(theta, like)])
+    return history, {
+        "step": len(grads_seq),
+        "exp_avg": [_from_real_pairs(x, p) for x, p in zip(m, like)],
+        "exp_avg_sq": [_from_real_pairs(x, p) for x, p in zip(v, like)],
+    }
+
+
+def asgd_reference(
+    params: Sequence[Any],
+    grads_seq: Sequence[Sequence[Any]],
+    *,
+    lr: LrSpec = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """ASGD over ``grads_seq`` in float64; ``final_state`` has ``step``, ``eta`` and ``mu``
+    (floats) and ``ax``.
+
+    Example:
+      >>> history, state = asgd_reference([np.array([1.0])], [[np.array([2.0])]] * 3,
+      ...                                 lr=0.1, lambd=0.0, t0=0)
+      >>> [round(float(h[0][0]), 12) for h in history]
+      [0.8, 0.6, 0.4]
+      >>> round(float(state["ax"][0][0]), 12)   # μ = 1/max(1, t - t0): the mean of θ₂, θ₃
+      0.5
+    """
+    like = [_as_reference_array(p) for p in params]
+    theta = [_as_real_pairs(p) for p in like]
+    ax = [np.zeros_like(p) for p in theta]
+    eta, mu = lr_at(lr, 0), 1.0
+    history = []
+    for t, grads in enumerate(grads_seq, start=1):
+        for i, grad in enumerate(grads):
+            g = _as_real_pairs(_as_reference_array(grad))
+            if maximize:
+                g = -g
+            if weight_decay != 0:
+                g = g + weight_decay * theta[i]
+            theta[i] = theta[i] * (1 - lambd * eta) - eta * g
+            ax[i] = theta[i].copy() if mu == 1 else ax[i] + mu * (theta[i] - ax[i])
+        lr_t = lr_at(lr, t - 1)
+        eta, mu = lr_t / (1 + lambd * lr_t * t) ** alpha, 1 / max(1, t - t0)
+        history.append([_from_real_pairs(x, p) for x, p in zip(theta, like)])
+    return history, {
+        "step": len(grads_seq),
+        "eta": eta,
+        "mu": mu,
+        "ax": [_from_real_pairs(x, p) for x, p in zip(ax, like)],
+    }
