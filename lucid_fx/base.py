@@ -19,17 +19,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
+import chex
 import jax
 import jax.numpy as jnp
 
-# Recurring shapes of data, named so that signatures read as documentation.
+# Recurring shapes of data, named so that signatures read as documentation; the
+# array types are chex's, as optax's are, so the two libraries' annotations agree.
 PyTree = Any
 Params = PyTree  # A pytree of parameter arrays.
 Updates = PyTree  # A pytree with the structure of Params: gradients, or updates.
 OptState = PyTree  # A transform's state: a pytree of arrays.
-Scalar = float | int | jax.Array
+Scalar: TypeAlias = chex.Numeric  # a Python number or an array (0-d for hyper-parameters)
 Schedule = Callable[[jax.Array], Scalar]  # step count (int32, 0 first) -> value
 ScalarOrSchedule = Scalar | Schedule
 

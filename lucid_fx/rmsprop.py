@@ -1,4 +1,4 @@
-"""RMSprop as a pure gradient transform: the math of the API page, written once.
+"""RMSprop as a pure gradient transform: Lucid's documented RMSprop (docs/optimizers.md), written once.
 
 The per-element update lives in :func:`rmsprop_kernel`, one function that
 returns every new buffer, so XLA fuses each leaf's update into a single pass
@@ -183,7 +183,7 @@ def rmsprop(
     .. warning::
        With a constant lr this equals ``torch.optim.RMSprop`` step for step.
        When lr changes over time (a schedule, or a new ``param_groups`` lr), the
-       momentum buffer carries η from earlier steps, as the page writes it;
+       momentum buffer carries η from earlier steps, as Lucid's definition writes it;
        torch keeps η out of its buffer and multiplies it at the end. optax's
        ``rmsprop`` matches only with ``eps_in_sqrt=False`` (its default puts ε
        inside the square root) and its own ``add_decayed_weights`` first.

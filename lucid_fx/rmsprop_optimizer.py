@@ -1,4 +1,4 @@
-"""``fx.RMSprop``: the API page's stateful optimizer, a thin adapter over ``fx.rmsprop``."""
+"""``fx.RMSprop``: Lucid's stateful RMSprop (docs/optimizers.md), a thin adapter over ``fx.rmsprop``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class RMSprop(Optimizer):
         v_t = α·v_{t-1} + (1-α)·g_t²
         θ_t = θ_{t-1} - η·g_t / (sqrt(v_t) + ε)
 
-    With momentum, a velocity buffer b (η inside it, as the page writes it)::
+    With momentum, a velocity buffer b (η inside it, as Lucid's definition writes it)::
 
         b_t = μ·b_{t-1} + η·g_t / (sqrt(v_t) + ε)
         θ_t = θ_{t-1} - b_t
@@ -35,8 +35,9 @@ class RMSprop(Optimizer):
     Parameters:
       params: an iterable of :class:`Parameter`, or of group dicts
         ``{"params": [...], "lr": ...}``.
-      lr, alpha, eps, weight_decay, momentum, centered, maximize, skip_nonfinite,
-      state_dtype: as in :func:`lucid_fx.rmsprop`.
+      hyper-parameters: ``lr``, ``alpha``, ``eps``, ``weight_decay``, ``momentum``,
+        ``centered``, ``maximize``, ``skip_nonfinite``, ``state_dtype``, as in
+        :func:`lucid_fx.rmsprop`.
 
     Attributes:
       param_groups: list of dicts with ``params`` and every hyper-parameter; a

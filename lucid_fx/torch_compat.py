@@ -1,4 +1,9 @@
-"""Moving an RMSprop run between PyTorch and lucid_fx: state-dict conversion both ways.
+"""Moving a run between PyTorch and lucid_fx: state-dict conversion both ways.
+
+Every stateful optimizer exchanges torch's state dicts through
+:func:`state_dict_from_torch` and :func:`state_dict_to_torch`, which read the
+state's schema (:mod:`lucid_fx.state_schema`): the layouts agree, only the step
+count's type differs. RMSprop adds one conversion, below.
 
 ``torch.optim.RMSprop`` and :class:`lucid_fx.RMSprop` share the state-dict layout
 (``{"state": {index: {...}}, "param_groups": [...]}``), the state keys (``step``,
@@ -6,7 +11,7 @@
 math. Two things differ, and the conversion handles both:
 
 - The momentum buffer. torch keeps η out of it and multiplies at the end; the
-  API page (and lucid_fx) keeps η inside::
+  Lucid's definition (and lucid_fx) keeps η inside::
 
       torch:    b_torch = μ·b_torch + g/d          θ ← θ - η·b_torch
       lucid_fx: b       = μ·b       + η·g/d        θ ← θ - b

@@ -644,7 +644,7 @@ Not errors, on purpose:
 - A state entry without `grad_avg` or `momentum_buffer` loads; the buffer starts
   at zero, exactly as when `centered` or momentum is switched on mid-run.
 - `lr=inf` is accepted (as in torch); non-finite gradients propagate unless
-  `skip_nonfinite=True` (see the README).
+  `skip_nonfinite=True` (see [reliability](reliability.md)).
 - Traced hyper-parameters (inside `jax.jit`) and schedules are not checked:
   their values are unknown until the step runs.
 
