@@ -1,7 +1,7 @@
 """The benchmark cases: each returns table rows measured in this process.
 
 Every case builds all its contenders first (compiled and warmed up), then times
-them interleaved (see :mod:`harness`). Hyper-parameters are the API page's
+them interleaved (see :mod:`harness`). Hyper-parameters are Lucid's RMSprop
 defaults (lr 0.01, α 0.99, ε 1e-8) with momentum 0.9 where a case uses it; optax
 runs its ``rmsprop`` with ``eps_in_sqrt=False`` so that all three libraries
 compute the same update.

@@ -1,6 +1,6 @@
 """Advantage actor-critic on CartPole-v1, trained with ``fx.chain(clip, fx.rmsprop)``.
 
-RMSprop's classic use (the API page's Notes): reinforcement learning. The
+RMSprop's classic use (Lucid's RMSprop notes): reinforcement learning. The
 environment is gymnasium's CartPole-v1 written in JAX — the same constants, Euler
 step, termination angle and 500-step time limit — so a batch of environments
 rolls out inside the jitted update and a whole chunk of updates is one XLA call.

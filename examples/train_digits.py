@@ -1,4 +1,4 @@
-"""Train an MLP on scikit-learn's handwritten digits with ``fx.RMSprop``: the API page's loop.
+"""Train an MLP on scikit-learn's handwritten digits with ``fx.RMSprop``: the loop of Lucid's RMSprop example.
 
 The data (1,797 8×8 images, 10 classes) ships inside scikit-learn: nothing is
 downloaded. Training is written exactly as the ``lucid.optim.RMSprop`` page shows

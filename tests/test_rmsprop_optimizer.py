@@ -1,4 +1,4 @@
-"""Tests of ``fx.RMSprop``, the API page's stateful optimizer over ``fx.rmsprop``.
+"""Tests of ``fx.RMSprop``, Lucid's stateful RMSprop (docs/optimizers.md) over ``fx.rmsprop``.
 
 One table of labelled configurations drives three comparisons, step for step:
 the adapter against the functional transform in a hand-written jitted loop
@@ -158,7 +158,7 @@ def reference_errors(case: Case, dtype: Any) -> dict[str, float]:
     return errors
 
 
-# ------------------------------------------------------------------ the page
+# ------------------------------------------------------------------ the documented signature
 
 
 def test_defaults_and_signature_are_the_pages() -> None:
@@ -174,7 +174,7 @@ def test_defaults_and_signature_are_the_pages() -> None:
     opt = fx.RMSprop([fx.Parameter(jnp.zeros(2))])
     assert {k: opt.defaults[k] for k in PAGE_DEFAULTS} == PAGE_DEFAULTS
     assert opt.defaults["maximize"] is False
-    # Positional arguments in the page's order.
+    # Positional arguments in the documented order (Lucid's and torch's).
     opt = fx.RMSprop([fx.Parameter(jnp.zeros(2))], 0.1, 0.9, 1e-6, 0.01, 0.5, True)
     group = opt.param_groups[0]
     assert [group[k] for k in PAGE_DEFAULTS] == [0.1, 0.9, 1e-6, 0.01, 0.5, True]

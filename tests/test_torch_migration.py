@@ -1,6 +1,6 @@
 """Migrating a run between ``torch.optim.RMSprop`` and ``fx.RMSprop``, against real torch.
 
-torch keeps lr out of its momentum buffer, the API page keeps it in (b = lr·b_torch);
+torch keeps lr out of its momentum buffer, Lucid's definition keeps it in (b = lr·b_torch);
 torch's step is a float tensor, ours int32. Each test trains one side, moves the state
 across, and checks that both sides then continue the same way for a constant lr.
 """

@@ -4,7 +4,7 @@ Both sides train the same small MLP from the same start on the same batches,
 each with its own autodiff (``fx.backward`` here, ``loss.backward()`` there), so the
 whole stateful loop is compared, not only the update rule. float32 runs in this
 process, float64 in a ``JAX_ENABLE_X64=1`` child. Our momentum buffer holds η·b where
-torch's holds b (the page puts η inside the buffer); with a constant η they agree.
+torch's holds b (Lucid's definition puts η inside the buffer); with a constant η they agree.
 
 Not compared: complex parameters. torch's RMSprop treats the real and imaginary
 parts as two independent reals (``view_as_real``), while lucid_fx follows the
