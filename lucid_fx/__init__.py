@@ -1,14 +1,6 @@
 """lucid_fx: torch's optimizers as JAX transforms, functional and stateful: RMSprop, SGD, Adam, AdamW."""
 
-from lucid_fx.autodiff import Parameter, backward, named_parameters, parameters
-from lucid_fx.base import (
-    EmptyState,
-    GradientTransformation,
-    apply_updates,
-    chain,
-    identity,
-    stateless,
-)
+from lucid_fx import lr_scheduler, schedules
 from lucid_fx.adadelta import AdadeltaState, adadelta
 from lucid_fx.adadelta_optimizer import Adadelta
 from lucid_fx.adagrad import AdagradState, adagrad
@@ -19,12 +11,20 @@ from lucid_fx.adamax import AdamaxState, adamax
 from lucid_fx.adamax_optimizer import Adamax
 from lucid_fx.asgd import ASGDState, asgd
 from lucid_fx.asgd_optimizer import ASGD
+from lucid_fx.autodiff import Parameter, backward, named_parameters, parameters
+from lucid_fx.base import (
+    EmptyState,
+    GradientTransformation,
+    apply_updates,
+    chain,
+    identity,
+    stateless,
+)
 from lucid_fx.clip_grad import clip_grad_norm_, clip_grad_value_
 from lucid_fx.clipping import clip_by_global_norm, global_norm
 from lucid_fx.dispatch import limit_in_flight
 from lucid_fx.flat import FlatLayout, flatten
 from lucid_fx.lbfgs import LBFGS
-from lucid_fx import lr_scheduler, schedules
 from lucid_fx.nadam import NAdamState, nadam
 from lucid_fx.nadam_optimizer import NAdam
 from lucid_fx.optimizer import Optimizer, RemovableHandle
@@ -42,6 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ASGD",
+    "LBFGS",
+    "SGD",
     "ASGDState",
     "Adadelta",
     "AdadeltaState",
@@ -55,7 +57,6 @@ __all__ = [
     "EmptyState",
     "FlatLayout",
     "GradientTransformation",
-    "LBFGS",
     "NAdam",
     "NAdamState",
     "Optimizer",
@@ -67,7 +68,6 @@ __all__ = [
     "RemovableHandle",
     "Rprop",
     "RpropState",
-    "SGD",
     "SGDState",
     "adadelta",
     "adagrad",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import jax.numpy as jnp
@@ -89,7 +90,8 @@ class RMSprop(Optimizer):
             state_dtype=state_dtype,
         )
 
-    never_negative = {"step": "a step count", "square_avg": "an average of squares"}
+    never_negative = MappingProxyType(
+        {"step": "a step count", "square_avg": "an average of squares"})
     # torch keeps lr out of the momentum buffer: b = lr·b_torch (lucid_fx.torch_compat).
     torch_buffer_from = staticmethod(torch_compat.rmsprop_buffer_from_torch)
     torch_buffer_to = staticmethod(torch_compat.rmsprop_buffer_to_torch)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
     OptState,
@@ -32,7 +33,6 @@ from lucid_fx.elementwise import (
     real_dtype,
     scheduled,
 )
-from lucid_fx import state_schema as schema
 from lucid_fx.sharding import zeros_like_param
 from lucid_fx.validation import (
     check_flag,

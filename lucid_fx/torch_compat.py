@@ -285,7 +285,7 @@ def state_dict_to_torch(
     groups, group_of = [], {}
     for gi, group in enumerate(state_dict["param_groups"]):
         if callable(group.get("lr")):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (one error type for every bad value)
                 f"param_groups[{gi}]['lr'] is a schedule; torch's state dict holds a number: "
                 f"set the group's lr to the value of the next step before exporting"
             )

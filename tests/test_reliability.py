@@ -235,10 +235,10 @@ def _complex_world(w: World) -> None:
 
 def _state_rows() -> list[BadInput]:
     load = "opt.load_state_dict(sd)"
-    one_group = lambda: fx.RMSprop([fx.Parameter(jnp.ones((3, 2))), fx.Parameter(jnp.ones(2))])  # noqa: E731
-    shapes = lambda: fx.RMSprop(  # noqa: E731
+    one_group = lambda: fx.RMSprop([fx.Parameter(jnp.ones((3, 2))), fx.Parameter(jnp.ones(2))])
+    shapes = lambda: fx.RMSprop(
         [{"params": [fx.Parameter(jnp.ones((2, 3)))]}, {"params": [fx.Parameter(jnp.ones(2))]}])
-    three = lambda: fx.RMSprop(  # noqa: E731
+    three = lambda: fx.RMSprop(
         [{"params": [fx.Parameter(jnp.ones((3, 2))), fx.Parameter(jnp.ones(1))]},
          {"params": [fx.Parameter(jnp.ones(2))]}])
     return [
@@ -387,7 +387,7 @@ _STEP = "opt.step()"
 
 def _other_rows() -> list[BadInput]:
     ctor = "fx.RMSprop(params, ...)"
-    p = lambda: fx.Parameter(jnp.ones(2))  # noqa: E731
+    p = lambda: fx.Parameter(jnp.ones(2))
     return [
         # parameters
         BadInput("params-set", ctor, "params as a `set`", TypeError,
@@ -518,7 +518,7 @@ def _functional_rows() -> list[BadInput]:
                     state: Callable[[World], Any] = lambda w: w.state) -> Callable[[World], Any]:
         return lambda w: tx(w).update(grads(w), state(w), w.params)
 
-    g = lambda **kw: (lambda w: {**w.grads, **kw})  # noqa: E731
+    g = lambda **kw: (lambda w: {**w.grads, **kw})
     return [
         BadInput("init-int32", _INIT, "an int32 leaf", TypeError,
                  r"rmsprop optimizes floating-point parameters only; \['n'\] has dtype int32\. "
