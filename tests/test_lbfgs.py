@@ -570,7 +570,8 @@ BAD_ARGUMENTS = [
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_ARGUMENTS,
-                         ids=[f"{n}={v!r}" for n, v in BAD_ARGUMENTS])
+                         ids=[f"{n}={'schedule' if callable(v) else repr(v)}"
+                              for n, v in BAD_ARGUMENTS])  # stable ids: pytest-xdist
 def test_bad_arguments_raise_and_change_nothing(name: str, value: Any) -> None:
     p = fx.Parameter(jnp.ones(3))
     holder = fx.SGD([p], lr=0.5)  # would be retired if LBFGS took the Parameter
