@@ -106,7 +106,8 @@ def adam_kernel(
 
     Example:
       >>> import jax.numpy as jnp
-      >>>       >>> delta, m, v, _ = adam_kernel(
+      >>> from lucid_fx.adam import adam_kernel
+      >>> delta, m, v, _ = adam_kernel(
       ...     jnp.array([2.0]), None, jnp.zeros(1), jnp.zeros(1), None, step=1, lr=0.1,
       ...     beta1=0.9, beta2=0.999, eps=0.0, weight_decay=None, decoupled_weight_decay=False)
       >>> [round(x, 6) for x in (m[0].item(), v[0].item(), delta[0].item())]  # delta = -η·sign(g)
@@ -213,7 +214,8 @@ def adam(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from lucid_fx.base import apply_updates
-      >>>       >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+      >>> from lucid_fx.adam import adam
+      >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
       >>> tx = adam(lr=0.1)
       >>> params = {"w": jnp.zeros(3)}
       >>> state = tx.init(params)
@@ -343,7 +345,8 @@ def adamw(
 
     Example:
       >>> import jax.numpy as jnp
-      >>>       >>> tx = adamw(lr=0.1, weight_decay=0.5)
+      >>> from lucid_fx.adam import adamw
+      >>> tx = adamw(lr=0.1, weight_decay=0.5)
       >>> params = jnp.array([2.0])
       >>> updates, state = tx.update(jnp.zeros(1), tx.init(params), params)
       >>> round(float(params[0] + updates[0]), 6)   # 2·(1 - 0.1·0.5): decay only, g = 0
