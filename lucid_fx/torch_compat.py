@@ -305,8 +305,11 @@ def state_dict_to_torch(
             raise ValueError(f"state[{index!r}] names no parameter of the state dict's groups")
         gi, group = group_of[index]
         used = uses(group)
-        like = next(np.asarray(entry[k]) for k, f in schema.items()
-                    if f.kind == "buffer" and k in entry)
+        # A buffer the configuration uses but the entry lacks is written as zeros shaped
+        # like the entry's other buffers; an entry with none (SGD without momentum: only
+        # its count) has nothing to shape them by, and torch starts such a buffer itself.
+        like = next((np.asarray(entry[k]) for k, f in schema.items()
+                     if f.kind == "buffer" and k in entry), None)
         converted: dict[str, Any] = {}
         for key, field in schema.items():
             where = f"state[{index!r}][{key!r}]"
@@ -319,7 +322,7 @@ def state_dict_to_torch(
                 continue
             if key in entry:
                 array = np.asarray(entry[key])
-            elif key in used:
+            elif key in used and like is not None:
                 array = np.zeros_like(like)
             else:
                 continue

@@ -2,39 +2,57 @@
 
 One :class:`Row` per functional optimizer: its factory, the ``torch.optim`` class it
 must equal, its grid of labelled hyper-parameter configurations (every flag
-combination), its float64 NumPy reference (tests/reference.py) and the names of its
-per-parameter state buffers (torch's state keys). A generic test iterates ``ROWS``;
-the optimizer's own test file takes its rows by name.
+combination), its float64 NumPy reference (tests/reference.py), the names of its
+per-parameter state buffers (torch's state keys), the inputs it refuses, and what its
+tests allow or expect. tests/test_family.py iterates ``ROWS``; the optimizer's own test
+file takes its row by name, for what only that optimizer has.
 
 :func:`run_many` trains labelled configurations on small pytrees with precomputed
 gradients (no autodiff, so only the update rule is compared) with lucid_fx, torch and
 the reference side by side, and returns the worst errors per quantity.
+:func:`stateful_faces` runs a row's whole grid through the stateful face, torch and the
+functional face, once per process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
-from reference import adam_reference, max_rel_error, reference_run, sgd_reference
-from reference import adadelta_reference, adagrad_reference, adamax_reference, rprop_reference
-from reference import asgd_reference, nadam_reference, radam_reference
+from reference import (
+    adadelta_reference,
+    adagrad_reference,
+    adam_reference,
+    adamax_reference,
+    asgd_reference,
+    max_rel_error,
+    nadam_reference,
+    radam_reference,
+    reference_run,
+    rprop_reference,
+    sgd_reference,
+)
 
 import lucid_fx as fx
+from lucid_fx import state_schema as schema
 from lucid_fx.adam import adam, adamw
+from lucid_fx.hyperparameters import as_precise, is_static
 from lucid_fx.sgd import sgd
 
 # Tolerances, as max_rel_error (|a - b| / max(1, |b|)) over every step and every leaf.
@@ -42,7 +60,6 @@ from lucid_fx.sgd import sgd
 # order; they differ where XLA fuses a multiply-add into one FMA that torch's CPU kernel
 # rounds twice, and where torch's vectorized float32 sqrt is off by one ulp (it is not
 # correctly rounded). That is ≤ 1 ulp (6e-8) per step and parameter; over STEPS = 20
-TESTS_DIR = Path(__file__).resolve().parent
 # steps it measured ≤ 6e-7 (Adam with decoupled weight decay, whose θ·(1-ηλ) + u XLA
 # fuses), so 2e-6 leaves room for a different CPU without hiding a wrong formula (the
 # smallest formula error, ε inside the sqrt, gives 1e-3).
@@ -53,6 +70,58 @@ RTOL_TORCH_F64 = 1e-12  # float64: rounding only (measured ≤ 1e-15)
 RTOL_REF_F32 = 2e-6
 RTOL_REF_F64 = 1e-12
 STEPS = 20
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class Bad(NamedTuple):
+    """Keyword arguments that both faces refuse with a ValueError matching ``pattern``."""
+
+    label: str
+    kwargs: Mapping[str, Any]
+    pattern: str
+    torch_refuses: bool = False  # torch raises a ValueError for them too
+
+
+def _refused(name: str, value: Any, expected: str, *, torch_refuses: bool = True) -> Bad:
+    """``name=value`` refused, the message naming both and what was ``expected``."""
+    return Bad(f"{name}={value!r}", {name: value},
+               rf"Invalid {name} value: {re.escape(repr(value))} \({re.escape(expected)}\)",
+               torch_refuses)
+
+
+def _nonnegative(*, torch_refuses: bool = True, **negatives: float) -> list[Bad]:
+    """Each name refused at the given negative value and at nan (by torch too, where it
+    checks the name)."""
+    return [_refused(name, value, "expected a number >= 0.0", torch_refuses=torch_refuses)
+            for name, negative in negatives.items() for value in (negative, math.nan)]
+
+
+def _betas() -> list[Bad]:
+    """Adam's pair: each β in [0, 1), and a pair it must be."""
+    return [
+        Bad(f"betas[{i}]={value}", {"betas": (value, 0.999) if i == 0 else (0.9, value)},
+            rf"Invalid betas\[{i}\] value: {re.escape(repr(value))} "
+            r"\(expected a number in \[0\.0, 1\.0\)\)", torch_refuses=True)
+        for i in (0, 1) for value in (1.0, -0.1, math.nan)
+    ] + [
+        Bad("betas=0.9", {"betas": 0.9},
+            r"Invalid betas value: 0\.9 \(expected a pair \(beta1, beta2\)"),
+        Bad("betas of 3", {"betas": (0.9, 0.99, 0.999)},
+            r"Invalid betas value: \(0\.9, 0\.99, 0\.999\)"),
+    ]
+
+
+# Refused by every optimizer of the family: a string for lr, a non-bool flag, an int dtype.
+COMMON_BAD = [
+    Bad("lr=str", {"lr": "0.1"}, r"Invalid lr value: '0\.1' \(expected a real number\)"),
+    Bad("maximize=1", {"maximize": 1}, r"Invalid maximize value: 1 \(expected True or False\)"),
+    Bad("skip_nonfinite=str", {"skip_nonfinite": "yes"},
+        r"Invalid skip_nonfinite value: 'yes' \(expected True or False\)"),
+    Bad("skip_nonfinite=None", {"skip_nonfinite": None},
+        r"Invalid skip_nonfinite value: None \(expected True or False\)"),
+    Bad("state_dtype=int8", {"state_dtype": np.int8},
+        r"Invalid state_dtype value: .*int8.* \(expected None or a floating-point dtype\)"),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +141,27 @@ class Row:
       torch_complex: whether torch treats complex parameters as we do.
       stateful: the ``fx`` class over ``factory`` (``fx.SGD`` for ``fx.sgd``), or
         ``None`` while it has none.
+      own_parity: its parity runs live in its own test file (tests/test_sgd.py,
+        test_adam.py, test_rmsprop.py predate the generic ones in test_family).
+      lrs: η step by step for the changing-lr parity runs; ``None`` where lr is
+        read once, by init (Rprop's initial step size), so a schedule is refused.
+      bad_inputs: keyword arguments both faces refuse, with the message's pattern
+        (:class:`Bad`; ``torch_refuses`` where torch raises for them too).
+      needs_params: (config, reason) under which ``update`` needs params, or ``None``.
+      own_scale: buffers far below 1 (Adadelta's ``acc_delta`` is ~1e-6), whose error
+        relative to max(1, |x|) cannot see a wrong value: also compared relative
+        to their own size.
+      follows_params: buffers that track the parameters themselves (ASGD's average
+        ``ax``), so in low precision they hold the rounded parameters' history.
+      faces_ulps: how far the stateful face may be from the functional one, in ulps
+        relative to max(1, |x|), per state key (``"value"``: the Parameter's value);
+        a key not named is bit for bit. The same math on the same traced scalars,
+        masked alike: only where XLA contracts a multiply-add into an FMA in one
+        program and not in the other may they differ (as measured, per key).
+      torch_state_at_construction: torch creates every Parameter's state in the
+        constructor (Adagrad's ``sum``), not at its first step.
+      never_negative: (state key, what it is) that a loaded state dict may not hold
+        negative: the stateful class refuses it, saying so, and loads nothing.
     """
 
     name: str
@@ -83,6 +173,29 @@ class Row:
     torch_scale: Callable[[str, Mapping[str, Any]], float] = lambda key, config: 1.0
     torch_complex: bool = True
     stateful: type | None = None
+    own_parity: bool = False
+    lrs: tuple[float, ...] | None = None
+    bad_inputs: tuple[Bad, ...] = ()
+    needs_params: tuple[Mapping[str, Any], str] | None = ({"weight_decay": 0.1},
+                                                           "weight_decay is non-zero")
+    own_scale: tuple[str, ...] = ()
+    follows_params: tuple[str, ...] = ()
+    faces_ulps: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    torch_state_at_construction: bool = False
+    never_negative: tuple[tuple[str, str], ...] = (("step", "a step count"),)
+
+    @property
+    def richest(self) -> str:
+        """The grid's last label: every flag on, so every buffer exists."""
+        return list(self.grid)[-1]
+
+    @property
+    def scalars(self) -> tuple[str, ...]:
+        """The per-parameter 0-d state fields other than the step count (NAdam's
+        ``mu_product``, ASGD's ``eta`` and ``mu``), as the state's schema declares them."""
+        fields = schema.fields_of(type(self.factory().init(jnp.zeros(1))))
+        return tuple(name for name, field in fields.items()
+                     if field.kind == "per_parameter" and name != "step")
 
 
 def _product_grid(
@@ -123,14 +236,66 @@ RMSPROP_AXES: dict[str, tuple[Any, ...]] = {
     "maximize": (False, True),
 }
 
+def _falling(lr: float, jump: float) -> tuple[float, ...]:
+    """η for the changing-lr runs: falls by 0.8 a step, jumps up to ``jump`` every fifth."""
+    return tuple(lr * 0.8**t if t % 5 else jump for t in range(STEPS))
+
+
+ADAGRAD_BAD = [
+    *_nonnegative(lr=-0.1, lr_decay=-0.1, weight_decay=-0.1, initial_accumulator_value=-0.1,
+                  eps=-0.1),
+    Bad("eps=array", {"eps": np.ones(2)}, r"Invalid eps value: expected a scalar hyper-parameter"),
+]
+ADADELTA_BAD = [
+    *_nonnegative(lr=-0.1, eps=-0.1, weight_decay=-0.1),
+    *(_refused("rho", value, "expected a number in [0.0, 1.0]") for value in (-0.1, 1.1, math.nan)),
+]
+RPROP_BAD = [
+    *_nonnegative(lr=-0.1),
+    Bad("etas=0.5", {"etas": 0.5},
+        r"Invalid etas value: 0\.5 \(expected a pair \(etaminus, etaplus\), 0 < etaminus < 1 < "
+        r"etaplus\)"),
+    Bad("etas of 3", {"etas": (0.5, 1.2, 2.0)}, r"Invalid etas value: \(0\.5, 1\.2, 2\.0\)"),
+    Bad("etas[0]=0", {"etas": (0.0, 1.2)},
+        r"Invalid etas\[0\] value: 0\.0 \(expected a number in \(0\.0, 1\.0\)\)", True),
+    Bad("etas[0]=1", {"etas": (1.0, 1.2)}, r"Invalid etas\[0\] value: 1\.0 \(expected a number in",
+        True),
+    Bad("etas[0]=nan", {"etas": (math.nan, 1.2)},
+        r"Invalid etas\[0\] value: nan \(expected a real number\)"),
+    Bad("etas[1]=1", {"etas": (0.5, 1.0)},
+        r"Invalid etas\[1\] value: 1\.0 \(expected a number > 1\.0\)", True),
+    Bad("etas[1]=str", {"etas": (0.5, "2")},
+        r"Invalid etas\[1\] value: '2' \(expected a real number\)"),
+    # torch takes these (tests/test_rprop.py::test_step_sizes_are_checked_where_torch_does_not).
+    Bad("step_sizes=1", {"step_sizes": 1.0},
+        r"Invalid step_sizes value: 1\.0 \(expected a pair \(min, max\), 0 <= min <= max\)"),
+    Bad("step_sizes[0]<0", {"step_sizes": (-1e-6, 50)},
+        r"Invalid step_sizes\[0\] value: -1e-06 \(expected a number >= 0\.0\)"),
+    Bad("step_sizes[1]=nan", {"step_sizes": (1e-6, math.nan)},
+        r"Invalid step_sizes\[1\] value: nan \(expected a number >= 0\.0\)"),
+    Bad("step_sizes reversed", {"step_sizes": (1.0, 0.5)},
+        r"Invalid step_sizes value: \(1\.0, 0\.5\) \(expected min <= max\)"),
+]
+DECOUPLED_BAD = Bad("decoupled=str", {"decoupled_weight_decay": "yes"},
+                    r"Invalid decoupled_weight_decay value: 'yes' \(expected True or False\)")
+ASGD_BAD = [
+    *_nonnegative(lr=-0.1, weight_decay=-1e-4),
+    *_nonnegative(lambd=-1e-4, alpha=-0.75, t0=-1.0, torch_refuses=False),  # torch takes them
+    Bad("t0=str", {"t0": "10"}, r"Invalid t0 value: '10' \(expected a real number\)"),
+]
+
 ROWS: dict[str, Row] = {
     "sgd": Row("sgd", sgd, "SGD", _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
-               sgd_reference, ("momentum_buffer",), stateful=fx.SGD),
+               sgd_reference, ("momentum_buffer",), stateful=fx.SGD, own_parity=True,
+               # measured 1.0 and 2.6: momentum with weight decay and maximize
+               faces_ulps={"value": 2, "momentum_buffer": 4}),
     "adam": Row("adam", adam, "Adam", _product_grid(ADAM_AXES, {"lr": 0.01}),
-                adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.Adam),
+                adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.Adam,
+                own_parity=True),
     "adamw": Row("adamw", adamw, "AdamW", _product_grid(ADAMW_AXES, {"lr": 0.01}),
                  lambda *a, **k: adam_reference(*a, decoupled_weight_decay=True, **k),
-                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.AdamW),
+                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.AdamW,
+                 own_parity=True),
     # The page puts η inside RMSprop's momentum buffer, torch keeps it out: with a
     # constant η, ours is torch's × η. torch treats complex as real pairs, the design |g|².
     "rmsprop": Row("rmsprop", fx.rmsprop, "RMSprop",
@@ -138,43 +303,65 @@ ROWS: dict[str, Row] = {
                    lambda params, grads, **k: reference_run(params, grads, **k),
                    ("square_avg", "grad_avg", "momentum_buffer"),
                    torch_scale=lambda key, c: c["lr"] if key == "momentum_buffer" else 1.0,
-                   torch_complex=False, stateful=fx.RMSprop),
+                   torch_complex=False, stateful=fx.RMSprop, own_parity=True,
+                   never_negative=(("step", "a step count"),
+                                   ("square_avg", "an average of squares"))),
     # -- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
     # lr_decay, weight_decay and initial_accumulator_value each change the traced code.
     "adagrad": Row("adagrad", fx.adagrad, "Adagrad", _product_grid(
         {"lr_decay": (0, 0.05), "weight_decay": (0, 0.1),
          "initial_accumulator_value": (0, 0.1), "maximize": (False, True)}, {"lr": 0.05}),
-        adagrad_reference, ("sum",), stateful=fx.Adagrad),
+        adagrad_reference, ("sum",), stateful=fx.Adagrad, lrs=_falling(0.05, 0.1),
+        bad_inputs=(*ADAGRAD_BAD, *COMMON_BAD), torch_state_at_construction=True,
+        never_negative=(("step", "a step count"), ("sum", "a sum of squares"))),
     # lr ≠ 1 so that where η is applied (to Δx only, never inside u) is tested.
     "adadelta": Row("adadelta", fx.adadelta, "Adadelta", _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.5}),
-        adadelta_reference, ("square_avg", "acc_delta"), stateful=fx.Adadelta),
+        adadelta_reference, ("square_avg", "acc_delta"), stateful=fx.Adadelta,
+        lrs=_falling(0.5, 1.0), bad_inputs=(*ADADELTA_BAD, *COMMON_BAD), own_scale=("acc_delta",),
+        # measured 0.5 and 2.1 (acc_delta's in its own ulps), in the late group's pack
+        faces_ulps={"square_avg": 1, "acc_delta": 4},
+        never_negative=(("step", "a step count"), ("square_avg", "an average of squares"),
+                        ("acc_delta", "an average of squares"))),
     "adamax": Row("adamax", fx.adamax, "Adamax", _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.01}),
-        adamax_reference, ("exp_avg", "exp_inf"), stateful=fx.Adamax),
-    # The narrow step_sizes and wide etas make both clamps bind within 20 steps.
+        adamax_reference, ("exp_avg", "exp_inf"), stateful=fx.Adamax, lrs=_falling(0.01, 0.05),
+        bad_inputs=(*_nonnegative(lr=-0.1, eps=-0.1, weight_decay=-0.1), *_betas(), *COMMON_BAD),
+        never_negative=(("step", "a step count"), ("exp_inf", "a maximum of |g| + eps"))),
+    # The narrow step_sizes and wide etas make both clamps bind within 20 steps. Rprop reads
+    # lr once, in init (the initial step size): no schedule, and no weight decay.
     "rprop": Row("rprop", fx.rprop, "Rprop", _product_grid(
         {"etas": ((0.5, 1.2), (0.25, 1.5)), "step_sizes": ((1e-6, 50), (1e-3, 0.02)),
          "maximize": (False, True)}, {"lr": 0.01}),
-        rprop_reference, ("prev", "step_size"), stateful=fx.Rprop),
+        rprop_reference, ("prev", "step_size"), stateful=fx.Rprop,
+        bad_inputs=(*RPROP_BAD, *COMMON_BAD), needs_params=None,
+        never_negative=(("step", "a step count"), ("step_size", "a step size"))),
     # -- the rest of the family: NAdam, RAdam, ASGD
     # The per-parameter scalars (NAdam's mu_product, ASGD's eta and mu) are not in buffers:
     # they are real numbers, not parameter-shaped in the parameter's dtype, which the dtype
-    # tests of test_family assume; tests/test_<name>.py compare them with torch's.
+    # tests of test_family assume; Row.scalars names them, and the runs compare them too.
     # Over STEPS = 20, RAdam's ρ_t crosses 5 at t = 6 (β₂ = 0.999): both of its branches run.
     "nadam": Row("nadam", fx.nadam, "NAdam", _product_grid(
         {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
          "maximize": (False, True)}, {"lr": 0.01}),
-        nadam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.NAdam),
+        nadam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.NAdam, lrs=_falling(0.01, 0.05),
+        bad_inputs=(*_nonnegative(lr=-0.1, eps=-1e-08, weight_decay=-1e-4, momentum_decay=-4e-3),
+                    *_betas(), DECOUPLED_BAD, *COMMON_BAD),
+        faces_ulps={"value": 1}),  # measured 0.125 (float64)
     "radam": Row("radam", fx.radam, "RAdam", _product_grid(
         {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
          "maximize": (False, True)}, {"lr": 0.01}),
-        radam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.RAdam),
+        radam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.RAdam, lrs=_falling(0.01, 0.05),
+        bad_inputs=(*_nonnegative(lr=-0.1, eps=-1e-08, weight_decay=-1e-4), *_betas(),
+                    DECOUPLED_BAD, *COMMON_BAD),
+        faces_ulps={"value": 1}),  # measured 0.06
     # t0 = 5 starts the averaging (μ < 1) at step 8 of 20; λ = 0.01 makes the decay visible.
     "asgd": Row("asgd", fx.asgd, "ASGD", _product_grid(
         {"t0": (1e6, 5.0), "weight_decay": (0, 0.1), "maximize": (False, True)},
         {"lr": 0.05, "lambd": 0.01}),
-        asgd_reference, ("ax",), stateful=fx.ASGD),
+        asgd_reference, ("ax",), stateful=fx.ASGD, lrs=_falling(0.05, 0.1),
+        bad_inputs=(*ASGD_BAD, *COMMON_BAD),
+        needs_params=({}, "it decays and averages the parameters"), follows_params=("ax",)),
 }
 
 
@@ -241,7 +428,7 @@ def run_many(
     jit: bool = True,
     torch: Any = None,
     steps: int = STEPS,
-    lr_per_step: list[float] | None = None,
+    lr_per_step: Sequence[float] | Mapping[str, Sequence[float] | None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Trains each labelled config with lucid_fx, the reference and (when given) torch.
 
@@ -254,15 +441,22 @@ def run_many(
     steps; the updates are applied outside it, as a training loop that jits only
     ``tx.update`` does. ``lr_per_step`` gives η step by step: ours as a schedule,
     torch's through ``param_groups[0]["lr"]``, the reference as a list. Also
-    checks that the parameters keep ``dtype``.
+    checks that the parameters keep ``dtype``. ``dtype`` and ``lr_per_step`` may
+    also map each label to its own (real and complex, constant and changing lr
+    in one compilation). The per-parameter scalars (:attr:`Row.scalars`) are
+    compared like the buffers; :attr:`Row.own_scale` buffers also relative to
+    their own size (``own:`` keys).
     """
     labels = list(configs)
-    problems = {label: problem(label, dtype, steps) for label in labels}
+    dtypes = dtype if isinstance(dtype, Mapping) else dict.fromkeys(labels, dtype)
+    schedules = (lr_per_step if isinstance(lr_per_step, Mapping)
+                 else dict.fromkeys(labels, lr_per_step))
+    problems = {label: problem(label, dtypes[label], steps) for label in labels}
     txs = {}
     for label in labels:
         hyper = dict(configs[label])
-        if lr_per_step is not None:
-            table = jnp.asarray(lr_per_step, jnp.float32)
+        if schedules.get(label) is not None:
+            table = jnp.asarray(schedules[label], jnp.float32)
             hyper["lr"] = lambda count, table=table: table[count]
         txs[label] = row.factory(**hyper)
 
@@ -285,11 +479,11 @@ def run_many(
     report = {}
     for label in labels:
         config, (params0, grads), state = configs[label], problems[label], states[label]
-        assert {x.dtype for x in jax.tree.leaves(params[label])} == {jnp.dtype(dtype)}
+        assert {x.dtype for x in jax.tree.leaves(params[label])} == {jnp.dtype(dtypes[label])}
         ref_config = dict(config)
-        if lr_per_step is not None:
+        if schedules.get(label) is not None:
             # The schedule's float32 values, exactly: that is what both libraries use.
-            ref_config["lr"] = [float(np.float32(x)) for x in lr_per_step]
+            ref_config["lr"] = [float(np.float32(x)) for x in schedules[label]]
         ref_history, ref_state = row.reference(
             leaves64(params0), [leaves64(g) for g in grads], **ref_config)
         errors = {
@@ -298,9 +492,14 @@ def run_many(
         }
         for key in row.buffers:
             errors[f"ref:{key}"] = tree_error(getattr(state, key), ref_state[key])
+        for key in row.own_scale:
+            errors[f"ref:own:{key}"] = max(map(own_rel_error, leaves64(getattr(state, key)),
+                                               ref_state[key]))
+        for key in row.scalars:  # one number for the whole run: every parameter steps
+            errors[f"ref:{key}"] = max_rel_error(getattr(state, key), ref_state[key])
         if torch is not None:
             errors.update(_torch_errors(row, config, params0, grads, histories[label], state,
-                                        torch, lr_per_step))
+                                        torch, schedules.get(label)))
         report[label] = errors
     return report
 
@@ -312,9 +511,22 @@ def run(row: Row, config: Mapping[str, Any], dtype: Any, *, label: str = "",
     return run_many(row, {label: config}, dtype, **kwargs)[label]
 
 
+def own_rel_error(actual: Any, expected: Any) -> float:
+    """Largest |actual - expected| / |expected|, complex numbers part by part (as torch
+    treats them): for values far below 1 (Row.own_scale)."""
+
+    def parts(x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return np.stack([x.real, x.imag]) if np.iscomplexobj(x) else x.astype(np.float64)
+
+    actual, expected = parts(actual), parts(expected)
+    assert np.all(expected != 0), "a zero has no size of its own"
+    return float(np.max(np.abs(actual - expected) / np.abs(expected), initial=0.0))
+
+
 def _torch_errors(
     row: Row, config: Mapping[str, Any], params0: Any, grads: list[Any], history: list[Any],
-    state: Any, torch: Any, lr_per_step: list[float] | None,
+    state: Any, torch: Any, lr_per_step: Sequence[float] | None,
 ) -> dict[str, float]:
     errors = {"torch:params": 0.0}
     with one_torch_thread(torch):
@@ -340,7 +552,35 @@ def _torch_errors(
             errors[f"torch:{key}"] = max(
                 max_rel_error(a, optimizer.state[p][key].numpy() * scale)
                 for a, p in zip(jax.tree.leaves(ours_tree), theirs))
+            if key in row.own_scale:
+                errors[f"torch:own:{key}"] = max(
+                    own_rel_error(a, optimizer.state[p][key].numpy() * scale)
+                    for a, p in zip(jax.tree.leaves(ours_tree), theirs))
+        for key in row.scalars:  # each parameter's own, all equal: every one steps
+            errors[f"torch:{key}"] = max(
+                max_rel_error(getattr(state, key), optimizer.state[p][key].numpy())
+                for p in theirs)
     return errors
+
+
+def side_by_side(transforms: list[Any], steps: int = STEPS) -> list[Any]:
+    """Each transform's final parameters on one problem (make_tree's, float32), every
+    transform's update in one jitted function: for agreement with another library."""
+    rng = np.random.default_rng(4)
+    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
+    grads = [make_tree(rng, np.float32) for _ in range(steps)]
+
+    @jax.jit
+    def update_all(g: Any, states: list[Any], params: list[Any]) -> list[Any]:
+        return [tx.update(g, s, p) for tx, s, p in zip(transforms, states, params)]
+
+    params = [params0] * len(transforms)
+    states = [tx.init(params0) for tx in transforms]
+    for g in grads:
+        results = update_all(g, states, params)
+        states = [s for _, s in results]
+        params = [fx.apply_updates(p, u) for p, (u, _) in zip(params, results)]
+    return params
 
 
 def split(errors: Mapping[str, float]) -> tuple[float, float]:
@@ -348,6 +588,227 @@ def split(errors: Mapping[str, float]) -> tuple[float, float]:
     ref = max(v for k, v in errors.items() if k.startswith("ref:"))
     theirs = max([v for k, v in errors.items() if k.startswith("torch:")], default=0.0)
     return ref, theirs
+
+
+# ------------------------------------------------------------------ the stateful face
+
+
+@contextlib.contextmanager
+def torch_default_dtype(torch: Any, dtype: Any) -> Iterator[None]:
+    """torch's default dtype float64 for a float64 ``dtype`` (float32 otherwise), restored
+    afterwards: torch keeps per-parameter scalars (the step, NAdam's mu_product, ASGD's
+    eta and mu) in it, so a float64 run sets it, as a float64 training script does."""
+    before = torch.get_default_dtype()
+    wide = np.dtype(dtype) in (np.float64, np.complex128)
+    torch.set_default_dtype(torch.float64 if wide else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+# Per grid configuration, three Parameters in one packed buffer: the first steps every
+# time; the second joins at the second step and then skips every third (torch advances
+# neither its step nor any per-parameter scalar then, so counts differ inside one
+# buffer); the third never has a gradient (it must come through untouched and get no
+# state, and it makes every step of the pack a masked one: one compilation). The
+# richest configuration's group starts the run; before its step JOIN every other
+# configuration joins by add_param_group (one compilation for the whole grid, and a
+# small one before it), and so does a fourth Parameter, in a group of its own with the
+# richest configuration. Every group then steps to the end: STATEFUL_STEPS steps each,
+# the richest's JOIN more.
+STATEFUL_SHAPES = ((3, 2), (4,), (2,), (5,))
+STATEFUL_STEPS = 8
+JOIN = 4
+
+
+def stateful_problem(dtype: Any) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
+    """The four Parameters' initial values and their gradients step by step (None: none),
+    JOIN + STATEFUL_STEPS steps: the fourth has none before step JOIN."""
+    rng = np.random.default_rng(1000)
+    values = [rng.standard_normal(s).astype(dtype) for s in STATEFUL_SHAPES]
+    grads: list[list[np.ndarray | None]] = []
+    for t in range(JOIN + STATEFUL_STEPS):
+        g = [rng.standard_normal(s).astype(dtype) for s in STATEFUL_SHAPES]
+        grads.append([g[0], None if t % 3 == 0 else g[1], None, g[3] if t >= JOIN else None])
+    return values, grads
+
+
+@dataclasses.dataclass
+class Face:
+    """One Parameter through the stateful face, torch and the functional face. A state
+    is a dict of NumPy arrays (torch's keys), ``None`` where there is none."""
+
+    initial: np.ndarray
+    steps: int  # how many gradients it was given
+    ours: np.ndarray
+    state: dict[str, np.ndarray] | None
+    theirs: np.ndarray
+    torch_state: dict[str, np.ndarray] | None
+    functional: np.ndarray
+    functional_state: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Faces:
+    """A row's grid through the three faces (:func:`stateful_faces`): ``opt`` is the one
+    stateful optimizer, its groups ``groups`` in order (label, indices into
+    ``params[label]``); ``torch_opts`` torch's, one per label (each configuration is
+    torch's constructor arguments), the richest's with the late group added too."""
+
+    faces: dict[str, list[Face]]
+    opt: Any
+    params: dict[str, list[fx.Parameter]]
+    groups: list[tuple[str, slice]]
+    configs: Mapping[str, Mapping[str, Any]]
+    torch_opts: dict[str, Any]
+    torch_params: dict[str, list[Any]]
+    compiles: int  # compilations of the stateful step during the run
+    packed: bool  # each label's first three Parameters share one buffer
+
+    def same_groups(self, params: Mapping[str, list[Any]], make: Callable[..., Any]) -> Any:
+        """``make`` (a class over param groups) with ``params`` grouped as ``opt``'s are,
+        built the same way: the first group, then add_param_group for the others."""
+        first, *rest = [{"params": params[label][where], **self.configs[label]}
+                        for label, where in self.groups]
+        opt = make([first])
+        for group in rest:
+            opt.add_param_group(group)
+        return opt
+
+
+def _hosted(state: Mapping[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """A state as NumPy copies (torch's tensors through .numpy()), or None where empty."""
+    if not state:
+        return None
+    return {k: np.array(v.detach().numpy() if hasattr(v, "detach") else v)
+            for k, v in state.items()}
+
+
+def _local_grads(row: Row, grads: list[list[np.ndarray | None]]) -> dict[str, Any]:
+    """label -> its gradients from its first step: the richest's all of them, the
+    others' STATEFUL_STEPS steps from JOIN on (each seeing the same pattern, without
+    the fourth Parameter), as one problem each."""
+    return {label: grads if label == row.richest else [g[:3] for g in grads[:STATEFUL_STEPS]]
+            for label in row.grid}
+
+
+@functools.cache
+def stateful_faces(name: str, dtype: Any, torch: Any) -> Faces:
+    """Every configuration of ``ROWS[name]``'s grid as one param group of ONE stateful
+    optimizer (see STATEFUL_SHAPES); torch's class per configuration; and the functional
+    face per Parameter, stepped only with a gradient (masked, as the stateful face masks
+    a pack) with the hyper-parameters traced as the stateful face traces them. Cached:
+    the tests of test_family and the optimizers' own files read one run. A float64 run
+    must be made under ``jax.enable_x64(True)``; it sets torch's default dtype too."""
+    from lucid_fx.optimizer import _compiled_step
+
+    row = ROWS[name]
+    assert row.stateful is not None
+    values, grads = stateful_problem(dtype)
+    local = _local_grads(row, grads)
+    start = {label: 0 if label == row.richest else JOIN for label in row.grid}
+    params = {label: [fx.Parameter(jnp.asarray(v)) for v in values[:len(local[label][0])]]
+              for label in row.grid}
+    groups = [(row.richest, slice(0, 3)),
+              *((label, slice(0, 3)) for label in row.grid if label != row.richest),
+              (row.richest, slice(3, 4))]
+    opt = row.stateful([{"params": params[row.richest][:3], **row.grid[row.richest]}])
+    compiled = _compiled_step._cache_size()
+    for t in range(len(grads)):
+        if t == JOIN:
+            for label, where in groups[1:]:
+                opt.add_param_group({"params": params[label][where], **row.grid[label]})
+        opt.zero_grad()
+        for label, ps in params.items():
+            if t >= start[label]:
+                for p, g in zip(ps, local[label][t - start[label]]):
+                    if g is not None:
+                        p.grad = jnp.asarray(g)
+        opt.step()
+    compiles = _compiled_step._cache_size() - compiled
+    assert {x.dtype for ps in params.values() for x in (p.value for p in ps)} == {
+        np.dtype(dtype)}
+
+    torch_params = {label: [torch.nn.Parameter(torch.tensor(v)) for v in values[:len(ps)]]
+                    for label, ps in params.items()}
+    torch_opts = {}
+    with one_torch_thread(torch), torch_default_dtype(torch, dtype):
+        for label, config in row.grid.items():
+            qs = torch_params[label]
+            topt = getattr(torch.optim, row.torch_class)(qs[:3], foreach=False, **config)
+            for t, step_grads in enumerate(local[label]):
+                if t == JOIN and len(qs) > 3:
+                    topt.add_param_group({"params": qs[3:], **config})
+                topt.zero_grad(set_to_none=True)
+                for q, g in zip(qs, step_grads):
+                    if g is not None:
+                        q.grad = torch.tensor(g)
+                topt.step()
+            torch_opts[label] = topt
+
+    functional = _functional_faces(row, values, local, start)
+    faces = {label: [Face(
+        initial=values[i],
+        steps=sum(g[i] is not None for g in local[label]),
+        ours=np.array(p.value),
+        state=_hosted(opt.state[p]) if p in opt.state else None,
+        theirs=q.detach().numpy().copy(),
+        torch_state=_hosted(torch_opts[label].state.get(q)),
+        functional=functional.get((label, i), (values[i], {}))[0],
+        functional_state=functional.get((label, i), (values[i], {}))[1],
+    ) for i, (p, q) in enumerate(zip(params[label], torch_params[label]))]
+        for label in row.grid}
+    packed = all(len({id(p._pack) for p in ps[:3]}) == 1 for ps in params.values())
+    return Faces(faces, opt, params, groups, row.grid, torch_opts, torch_params, compiles, packed)
+
+
+def _functional_faces(
+    row: Row, values: list[np.ndarray], local: Mapping[str, list[list[np.ndarray | None]]],
+    start: Mapping[str, int],
+) -> dict[tuple[str, int], tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(label, i) -> the final value and state of Parameter i alone through the factory,
+    for the Parameters that step. One jitted function steps every one, over the run's
+    steps: a step without a gradient is taken on zeros and masked back, as the stateful
+    face does for a pack. (Bit for bit the stateful face's where measured so: XLA's
+    fusion of each program decides that; see Row.faces_ulps.)"""
+    assert row.stateful is not None
+    fields = schema.fields_of(type(row.factory().init(jnp.zeros(1))))
+    zeros = {f.absent_when_zero for f in fields.values()} | set(row.stateful.compiled_out_at_zero)
+    static, numbers = {}, {}
+    for label, config in row.grid.items():
+        static[label] = {k: v for k, v in config.items()
+                         if is_static(v) or (k in zeros and v == 0)}
+        numbers[label] = {k: as_precise(v) for k, v in config.items() if k not in static[label]}
+    keys = [(label, i) for label, steps in local.items() for i in range(len(steps[0]))
+            if any(g[i] is not None for g in steps)]
+
+    def step_all(hypers: Any, grads: Any, active: Any, states: Any, params: Any) -> Any:
+        out = {}
+        for key in keys:
+            tx = row.factory(**static[key[0]], **hypers[key[0]])
+            updates, state = tx.update(grads[key], states[key], params[key])
+            keep = functools.partial(jnp.where, active[key])
+            out[key] = (keep(fx.apply_updates(params[key], updates), params[key]),
+                        jax.tree.map(keep, state, states[key]))
+        return out
+
+    step = jax.jit(step_all)
+    params = {key: jnp.asarray(values[key[1]]) for key in keys}
+    states = {key: row.factory(**static[key[0]], **numbers[key[0]]).init(params[key])
+              for key in keys}
+    for t in range(max(start[label] + len(steps) for label, steps in local.items())):
+        given = {(label, i): local[label][t - start[label]][i]
+                 if 0 <= t - start[label] < len(local[label]) else None for label, i in keys}
+        out = step(numbers, {key: jnp.zeros_like(params[key]) if g is None else jnp.asarray(g)
+                             for key, g in given.items()},
+                   {key: g is not None for key, g in given.items()}, states, params)
+        params = {key: value for key, (value, _) in out.items()}
+        states = {key: state for key, (_, state) in out.items()}
+    assert step._cache_size() == 1
+    return {key: (np.array(params[key]), {k: np.array(v) for k, v in states[key]._asdict().items()
+                                           if v is not None})
+            for key in keys}
 
 
 # ------------------------------------------------------------------ the float64 child, in parallel

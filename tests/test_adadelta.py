@@ -1,98 +1,28 @@
-"""Tests of ``lucid_fx.adadelta`` and ``fx.Adadelta``: torch.optim.Adadelta parity over every
-flag combination (float32 and float64, jit, complex as torch's real pairs, a schedule),
-the float64 reference (tests/reference.py), optax, the stateful face over packed
-Parameters that skip steps, and every error path.
+"""Tests of ``lucid_fx.adadelta`` and ``fx.Adadelta`` that are Adadelta's own: the grid,
+complex averages as torch's real pairs, optax, the state's layout, ρ = 1, and an average
+of squares that cannot be negative.
 
-float64 runs in this process under ``jax.enable_x64(True)``.
+tests/test_family.py runs the generic ones over the row (tests/optimizers_under_test.py):
+torch and reference parity over the grid (float32 and float64, complex, a changing lr),
+the stateful face, torch's state dicts, signatures and every error in ``bad_inputs``.
+``acc_delta`` is ~1e-6 there, so the row's ``own_scale`` compares it relative to its own
+size too, where an error relative to max(1, |u|) could not see a wrong u.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any
-
 import chex
-import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import pytest
-from optimizers_under_test import (
-    ROWS,
-    RTOL_REF_F32,
-    RTOL_REF_F64,
-    RTOL_TORCH_F32,
-    RTOL_TORCH_F64,
-    make_tree,
-    one_torch_thread,
-    run_many,
-    split,
-)
-from reference import max_rel_error
+from optimizers_under_test import ROWS, RTOL_REF_F32, side_by_side
 
-import lucid_fx as fx
 from lucid_fx.adadelta import AdadeltaState, adadelta
-from lucid_fx.hyperparameters import as_precise, is_static
-
-torch = pytest.importorskip(
-    "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"
-)
 
 ROW = ROWS["adadelta"]
-GRID = ROW.grid
-RICHEST = "weight_decay=0.1,maximize=True"
-COMPLEX_LABELS = ["defaults", RICHEST]
-LRS = [0.5 * 0.8**t if t % 5 else 1.0 for t in range(20)]  # falls, with jumps up
 
 
 def test_grid_covers_every_flag_combination() -> None:
-    assert len(GRID) == 4 and RICHEST in GRID
-
-
-# ------------------------------------------------------------------ parity: torch and reference
-
-
-def jit_report(dtype: Any, complex_dtype: Any, *, schedule: bool) -> dict[str, dict[str, float]]:
-    """The grid (one compilation) and the complex cases (one more); in float32 these run
-    with a schedule for lr (its values are float32 numbers: float64 adds nothing there)."""
-    report = run_many(ROW, GRID, dtype, torch=torch)
-    for label, errors in run_many(ROW, {k: GRID[k] for k in COMPLEX_LABELS}, complex_dtype,
-                                  torch=torch, lr_per_step=LRS if schedule else None).items():
-        report[f"complex:{label}"] = errors
-    return report
-
-
-@pytest.fixture(scope="module")
-def f32() -> dict[str, dict[str, float]]:
-    return jit_report(np.float32, np.complex64, schedule=True)
-
-
-@pytest.fixture(scope="module")
-def f64() -> dict[str, dict[str, float]]:
-    with jax.enable_x64(True):
-        return jit_report(np.float64, np.complex128, schedule=False)
-
-
-KEYS = [*GRID, *(f"complex:{k}" for k in COMPLEX_LABELS)]
-
-
-@pytest.mark.parametrize("key", KEYS)
-def test_parity_float32(key: str, f32: dict[str, Any]) -> None:
-    errors = f32[key]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F32, errors
-    assert theirs <= RTOL_TORCH_F32, errors
-
-
-@pytest.mark.parametrize("key", KEYS)
-def test_parity_float64(key: str, f64: dict[str, Any]) -> None:
-    errors = f64[key]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F64, errors
-    assert theirs <= RTOL_TORCH_F64, errors
+    assert len(ROW.grid) == 4 and ROW.richest == "weight_decay=0.1,maximize=True"
 
 
 def test_complex_averages_are_per_component() -> None:
@@ -108,22 +38,9 @@ def test_complex_averages_are_per_component() -> None:
 def test_agrees_with_optax() -> None:
     """optax's adadelta(learning_rate=η) is the same math: two float32 computations of the
     same formulas, each within RTOL_REF_F32 of exact."""
-    rng = np.random.default_rng(4)
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    grads = [make_tree(rng, np.float32) for _ in range(20)]
-    transforms = [adadelta(lr=0.5, rho=0.8, eps=1e-3), optax.adadelta(0.5, rho=0.8, eps=1e-3)]
-
-    @jax.jit
-    def update_all(g: Any, states: list[Any], params: list[Any]) -> list[Any]:
-        return [tx.update(g, s, p) for tx, s, p in zip(transforms, states, params)]
-
-    params = [params0] * 2
-    states = [tx.init(params0) for tx in transforms]
-    for g in grads:
-        results = update_all(g, states, params)
-        states = [s for _, s in results]
-        params = [optax.apply_updates(p, u) for p, (u, _) in zip(params, results)]
-    chex.assert_trees_all_close(params[0], params[1], rtol=2 * RTOL_REF_F32, atol=2 * RTOL_REF_F32)
+    ours, theirs = side_by_side([adadelta(lr=0.5, rho=0.8, eps=1e-3),
+                                 optax.adadelta(0.5, rho=0.8, eps=1e-3)])
+    chex.assert_trees_all_close(ours, theirs, rtol=2 * RTOL_REF_F32, atol=2 * RTOL_REF_F32)
 
 
 def test_state_layout() -> None:
@@ -138,237 +55,9 @@ def test_state_layout() -> None:
     assert int(wide.skipped) == 0
 
 
-def test_none_leaves_zero_size_leaves_and_empty_trees() -> None:
-    tx = adadelta(weight_decay=0.1, skip_nonfinite=True)
-    params = {"w": jnp.array([1.0, -2.0]), "frozen": None, "empty": jnp.zeros((0, 3))}
-    grads = {"w": jnp.array([0.5, 3.0]), "frozen": None, "empty": jnp.zeros((0, 3))}
-    updates, _ = tx.update(grads, tx.init(params), params)
-    assert updates["frozen"] is None and updates["empty"].shape == (0, 3)
-    for transform, empty in ((tx, {}), (tx, []), (adadelta(), None)):
-        state = transform.init(empty)
-        _, new_state = transform.update(empty, state, empty)
-        assert jax.tree.structure(new_state) == jax.tree.structure(state)
-
-
-def test_defaults_and_order_are_torchs() -> None:
-    ours = inspect.signature(adadelta).parameters
-    theirs = inspect.signature(torch.optim.Adadelta).parameters
-    no_meaning = {"params", "foreach", "fused", "differentiable", "capturable"}
-    positional = [(n, p.default) for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
-    assert positional == [(n, p.default) for n, p in theirs.items()
-                          if p.kind is p.POSITIONAL_OR_KEYWORD and n not in no_meaning]
-    assert ours["maximize"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert ours["maximize"].default is theirs["maximize"].default is False
-    # The stateful face spells out the factory's signature.
-    stateful = inspect.signature(fx.Adadelta.__init__).parameters
-    assert [(n, p.kind, p.default) for n, p in stateful.items()][2:] == [
-        (n, p.kind, p.default) for n, p in ours.items()]
-
-
-# ------------------------------------------------------------------ the stateful face
-#
-# tests/test_family.py checks the stateful face over the whole grid against torch (float32
-# and float64), the functional face and torch's state dicts. Here: a packed buffer whose
-# second Parameter joins late and skips steps, and whose third never steps, bit for bit
-# against the functional face and against torch, buffers and counts included.
-
-SHAPES = ((3, 2), (4,), (2,))
-STATEFUL_STEPS = 8
-STATEFUL_LABELS = ["defaults", RICHEST]
-
-
-def _grads(t: int) -> list[np.ndarray | None]:
-    """The first Parameter steps every time; the second joins at the second step and skips
-    every third; the third never has a gradient, so every step has the same structure (one
-    compiled program) and the last one must come through untouched."""
-    rng = np.random.default_rng(1000 + t)
-    grads: list[np.ndarray | None] = [rng.standard_normal(s).astype(np.float32)
-                                      for s in SHAPES[:2]]
-    if t % 3 == 0:
-        grads[1] = None
-    return [*grads, None]
-
-
-def _initial() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-
-
-def _functional() -> dict[str, list[np.ndarray]]:
-    """Each label's first two parameters through the factory, a step applied only where
-    there is a gradient; hyper-parameters traced as the stateful face traces them (its
-    zeros compiled out too). One compiled program for every label and step."""
-    assert ROW.stateful is not None
-    compiled_out = ROW.stateful.compiled_out_at_zero
-    static = {label: {k: v for k, v in GRID[label].items()
-                      if is_static(v) or (k in compiled_out and v == 0)}
-              for label in STATEFUL_LABELS}
-    hypers = {label: {k: as_precise(v) for k, v in GRID[label].items()
-                      if k not in static[label]} for label in STATEFUL_LABELS}
-
-    @jax.jit
-    def step(hypers: Any, grads: Any, has_grad: Any, states: Any, params: Any) -> Any:
-        out = {}
-        for key, g in grads.items():
-            tx = ROW.factory(**static[key[0]], **hypers[key[0]])
-            updates, state = tx.update(g, states[key], params[key])
-            new = (fx.apply_updates(params[key], updates), state)
-            out[key] = jax.tree.map(lambda n, o, key=key: jnp.where(has_grad[key], n, o),
-                                    new, (params[key], states[key]))
-        return out
-
-    keys = [(label, i) for label in STATEFUL_LABELS for i in range(2)]
-    params = {key: jnp.asarray(_initial()[key[1]]) for key in keys}
-    states = {key: ROW.factory(**static[key[0]], **hypers[key[0]]).init(params[key])
-              for key in keys}
-    for t in range(STATEFUL_STEPS):
-        grads = _grads(t)
-        out = step(hypers, {key: jnp.zeros(SHAPES[key[1]]) if grads[key[1]] is None
-                            else jnp.asarray(grads[key[1]]) for key in keys},
-                   {key: grads[key[1]] is not None for key in keys}, states, params)
-        params = {key: p for key, (p, _) in out.items()}
-        states = {key: s for key, (_, s) in out.items()}
-    assert step._cache_size() == 1
-    return {label: [np.asarray(params[label, i]) for i in range(2)] for label in STATEFUL_LABELS}
-
-
-@pytest.fixture(scope="module")
-def faces() -> dict[str, dict[str, Any]]:
-    """Each label through one stateful optimizer (a param group each: one compiled step),
-    through torch (an optimizer each) and through the functional face."""
-    assert ROW.stateful is not None
-    ours = {label: [fx.Parameter(v) for v in _initial()] for label in STATEFUL_LABELS}
-    opt = ROW.stateful([{"params": ps, **GRID[label]} for label, ps in ours.items()])
-    theirs = {label: [torch.nn.Parameter(torch.tensor(v)) for v in _initial()]
-              for label in STATEFUL_LABELS}
-    torch_class = getattr(torch.optim, ROW.torch_class)
-    with one_torch_thread(torch):
-        topts = {label: torch_class(ps, foreach=False, **GRID[label])
-                 for label, ps in theirs.items()}
-        for t in range(STATEFUL_STEPS):
-            opt.zero_grad()
-            for label in STATEFUL_LABELS:
-                topts[label].zero_grad(set_to_none=True)
-                for p, q, g in zip(ours[label], theirs[label], _grads(t)):
-                    if g is not None:
-                        p.grad, q.grad = jnp.asarray(g), torch.tensor(g)
-                topts[label].step()
-            opt.step()
-    functional = _functional()
-    return {label: {
-        "packed": len({id(p._pack) for p in ours[label]}) == 1,
-        "ours": [np.asarray(p.value) for p in ours[label]],
-        "state": [dict(opt.state[p]) for p in ours[label][:2]],
-        "torch": [q.detach().numpy() for q in theirs[label]],
-        "torch_state": [topts[label].state[q] for q in theirs[label][:2]],
-        "functional": functional[label],
-    } for label in STATEFUL_LABELS}
-
-
-@pytest.mark.parametrize("label", STATEFUL_LABELS)
-def test_stateful_matches_torch_and_the_functional_face(label: str, faces: Any) -> None:
-    run = faces[label]
-    assert run["packed"]
-    for ours, theirs in zip(run["ours"], run["torch"]):
-        assert max_rel_error(ours, theirs) <= RTOL_TORCH_F32, label
-    np.testing.assert_array_equal(run["ours"][2], _initial()[2])  # never had a gradient
-    for state, torch_state in zip(run["state"], run["torch_state"]):
-        assert set(state) == {"step", *ROW.buffers}
-        assert int(state["step"]) == int(torch_state["step"])
-        for key in ROW.buffers:
-            assert max_rel_error(state[key], torch_state[key].numpy()) <= RTOL_TORCH_F32, key
-    assert [int(s["step"]) for s in run["state"]] == [STATEFUL_STEPS, STATEFUL_STEPS - 3]
-    # The same math on the same traced hyper-parameters, masked alike: bit for bit.
-    for ours, functional in zip(run["ours"], run["functional"]):
-        np.testing.assert_array_equal(ours, functional, err_msg=label)
-
-
-def test_acc_delta_relative_to_its_own_size(faces: Any) -> None:
-    """u is ~1e-6 here, so the parity tests' error relative to max(1, |u|) cannot see a
-    wrong u: compare it relative to itself. float32 rounding over STATEFUL_STEPS steps
-    (measured ≤ 3.8e-7), well below RTOL_TORCH_F32."""
-    worst = max(
-        float(np.max(np.abs(state["acc_delta"] - torch_state["acc_delta"].numpy())
-                     / np.abs(torch_state["acc_delta"].numpy())))
-        for run in faces.values()
-        for state, torch_state in zip(run["state"], run["torch_state"]))
-    assert worst <= RTOL_TORCH_F32
-
-
-# ------------------------------------------------------------------ errors
-
-
-HYPER_ERRORS: list[tuple[str, dict[str, Any], str]] = [
-    (f"{name}={value}", {name: value},
-     rf"Invalid {name} value: {re_value} \(expected a number >= 0\.0\)")
-    for name in ("lr", "eps", "weight_decay")
-    for value, re_value in ((-0.1, r"-0\.1"), (math.nan, "nan"))
-] + [
-    (f"rho={value}", {"rho": value},
-     rf"Invalid rho value: {re_value} \(expected a number in \[0\.0, 1\.0\]\)")
-    for value, re_value in ((-0.1, r"-0\.1"), (1.1, r"1\.1"), (math.nan, "nan"))
-] + [
-    ("lr=str", {"lr": "0.1"}, r"Invalid lr value: '0\.1' \(expected a real number\)"),
-    ("maximize=1", {"maximize": 1}, r"Invalid maximize value: 1 \(expected True or False\)"),
-    ("skip_nonfinite=str", {"skip_nonfinite": "yes"},
-     r"Invalid skip_nonfinite value: 'yes' \(expected True or False\)"),
-    ("state_dtype=int8", {"state_dtype": np.int8},
-     r"Invalid state_dtype value: .*int8.* \(expected None or a floating-point dtype\)"),
-]
-
-
-@pytest.mark.parametrize("kwargs, pattern", [e[1:] for e in HYPER_ERRORS],
-                         ids=[e[0] for e in HYPER_ERRORS])
-def test_invalid_hyperparameters_raise_in_both_faces(kwargs: dict[str, Any], pattern: str) -> None:
-    with pytest.raises(ValueError, match=pattern):
-        adadelta(**kwargs)
-    params = [fx.Parameter(jnp.ones(2))]
-    with pytest.raises(ValueError, match=pattern):
-        fx.Adadelta(params, **kwargs)
-    assert params[0]._pack is None  # nothing claimed
-
-
-@pytest.mark.parametrize("kwargs", [{"lr": -0.1}, {"eps": -0.1}, {"weight_decay": -0.1},
-                                    {"rho": -0.1}, {"rho": 1.1}], ids=str)
-def test_torch_refuses_the_same_values(kwargs: dict[str, Any]) -> None:
-    with one_torch_thread(torch), pytest.raises(ValueError):
-        torch.optim.Adadelta([torch.zeros(1, requires_grad=True)], **kwargs)
-
-
 def test_rho_one_is_accepted_as_in_torch() -> None:
     """ρ = 1 freezes both averages at 0, so Δx = sqrt(ε)/sqrt(ε)·g = g: valid, if odd."""
     tx = adadelta(lr=0.5, rho=1.0)
     params = jnp.zeros(2)
     updates, _ = tx.update(jnp.array([2.0, -1.0]), tx.init(params), params)
     assert updates.tolist() == [-1.0, 0.5]
-
-
-def test_update_errors_name_the_problem() -> None:
-    params = {"a": jnp.ones(2), "b": [jnp.ones(3)]}
-    with pytest.raises(TypeError, match=r"adadelta optimizes floating-point parameters only"):
-        adadelta().init({"n": jnp.ones(2, jnp.int32)})
-    with pytest.raises(ValueError, match=r"gradients do not match the state: \['b'\]\[0\] is "
-                                         r"missing from gradients"):
-        adadelta().update({"a": jnp.ones(2), "b": []}, adadelta().init(params))
-    tx = adadelta(weight_decay=0.1)
-    with pytest.raises(ValueError, match=r"adadelta: weight_decay is non-zero, so update\(\) "
-                                         r"needs params"):
-        tx.update(params, tx.init(params))
-    with pytest.raises(ValueError, match=r"the state lacks skipped, so it was made by an "
-                                         r"adadelta with a different skip_nonfinite"):
-        adadelta(skip_nonfinite=True).update(params, adadelta().init(params))
-    with pytest.raises(TypeError, match=r"adadelta: state must be the AdadeltaState"):
-        adadelta().update(params, fx.adam().init(params))
-
-
-def test_load_refuses_a_negative_acc_delta_and_changes_nothing() -> None:
-    params = [fx.Parameter(jnp.ones(2))]
-    opt = fx.Adadelta(params)
-    saved = opt.state_dict()
-    saved["state"] = {0: {"step": np.int32(1),
-                          "square_avg": np.zeros(2, np.float32),
-                          "acc_delta": np.array([1.0, -1.0], np.float32)}}
-    with pytest.raises(ValueError, match=r"state\[0\]\['acc_delta'\] holds a negative value "
-                                         r"\(-1\.0\); an average of squares is never negative"):
-        opt.load_state_dict(saved)
-    assert opt.state_dict()["state"] == {}
