@@ -33,7 +33,7 @@ from lucid_fx.elementwise import (
     real_dtype,
     scheduled,
 )
-from lucid_fx.sharding import zeros_like_param
+from lucid_fx.placement import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,

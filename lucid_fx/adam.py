@@ -35,8 +35,9 @@ from lucid_fx.elementwise import (
     one_minus_power,
     real_dtype,
     scheduled,
+    wide_product,
 )
-from lucid_fx.sharding import zeros_like_param
+from lucid_fx.placement import zeros_like_param
 from lucid_fx.validation import (
     check_betas,
     check_flag,
@@ -123,7 +124,8 @@ def adam_kernel(
             raise ValueError("adam_kernel: weight_decay needs the parameter")
         theta = param.astype(compute)
         if decoupled_weight_decay:
-            decayed = theta * h(1 - lr * weight_decay)  # θ·(1 - ηλ), 1 - ηλ rounded once
+            # θ·(1 - ηλ), 1 - ηλ rounded once, from η·λ at least as wide as the math
+            decayed = theta * h(1 - wide_product(lr, weight_decay, real))
         else:
             g = g + h(weight_decay) * theta
     # 1 - β from β's own precision: from a rounded β it loses digits (β₂ = 0.999 in float32).

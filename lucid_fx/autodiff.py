@@ -1,8 +1,9 @@
 """The bridge from JAX's functional autodiff to torch-style stateful training.
 
-``Parameter`` is a mutable holder (``.value``, ``.grad``); ``parameters`` lists the
-Parameters of any pytree; ``backward`` is the JAX spelling of ``loss.backward()``:
-it differentiates a loss function of the tree and accumulates into ``.grad``.
+``Parameter`` (defined in :mod:`lucid_fx.parameter`, re-exported here) is a
+mutable holder (``.value``, ``.grad``); ``parameters`` lists the Parameters of
+any pytree; ``backward`` is the JAX spelling of ``loss.backward()``: it
+differentiates a loss function of the tree and accumulates into ``.grad``.
 
 Example:
   >>> import jax.numpy as jnp, lucid_fx as fx
@@ -15,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,82 +25,9 @@ import numpy as np
 from lucid_fx.base import PyTree
 from lucid_fx.naming import dotted_name
 from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
-from lucid_fx.sharding import shard_like
+from lucid_fx.parameter import Parameter
+from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
-
-
-class Parameter:
-    """A mutable holder of one array: ``.value`` (a ``jax.Array``) and ``.grad``.
-
-    The value is copied at construction, so the optimizer may update it in place
-    (donate its buffer) without invalidating an array the caller still holds.
-    Once an optimizer holds the Parameter, its value and gradient may live in
-    the optimizer's packed storage (:mod:`lucid_fx.packing`); reading and
-    writing ``.value`` and ``.grad`` work the same, but the shape and dtype of
-    the value are then fixed. Parameters compare and hash by identity.
-
-    Example:
-      >>> import jax.numpy as jnp, lucid_fx as fx
-      >>> p = fx.Parameter(jnp.zeros((2, 3)))
-      >>> p, p.grad is None
-      (Parameter(shape=(2, 3), dtype=float32), True)
-    """
-
-    __slots__ = ("__weakref__", "_grad", "_pack", "_slot", "_value")
-
-    def __init__(self, value: Any) -> None:
-        if isinstance(value, jax.core.Tracer):
-            check_eager("Parameter(...)", value)
-        try:
-            value = jnp.array(value, copy=True)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"Parameter needs an array of numbers, got {type(value).__name__}: {error}"
-            ) from None
-        self._value: jax.Array | None = value
-        self._grad: jax.Array | None = None
-        self._pack: ParamPack | None = None
-        self._slot = 0
-
-    @property
-    def value(self) -> jax.Array:
-        if self._pack is not None:
-            return self._pack.value_of(self._slot)
-        return cast(jax.Array, self._value)  # set in __init__; None only while packed
-
-    @value.setter
-    def value(self, value: Any) -> None:
-        check_eager("Parameter.value = ...", value)
-        if self._pack is None:
-            # A copy, as in __init__: on CPU, jnp.asarray may alias a NumPy array's
-            # memory, which the caller can still write to (or an optimizer donate).
-            self._value = jnp.array(value, copy=True)
-        else:
-            self._pack.set_value(self._slot, value)
-
-    @property
-    def grad(self) -> jax.Array | None:
-        return self._grad if self._pack is None else self._pack.grad_of(self._slot)
-
-    @grad.setter
-    def grad(self, grad: jax.Array | None) -> None:
-        check_eager("Parameter.grad = ...", grad)
-        if self._pack is None:
-            self._grad = grad
-        else:
-            self._pack.set_grad(self._slot, grad)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape) if self._pack is None else self._pack.layout.shapes[self._slot]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.value.dtype if self._pack is None else self._pack.layout.dtype
-
-    def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
-
 
 # What a loss function reads by mistake when it treats its input as Parameters.
 _PARAMETER_ATTRIBUTES = frozenset({"value", "grad"})
@@ -247,12 +175,12 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
     layout: list[tuple[str, Any]] = []
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, Parameter):
-            holder = leaf._pack
-            if holder is not None:
-                j = pack_index.setdefault(id(holder), len(packs))
+            storage = leaf.storage
+            if storage is not None:
+                j = pack_index.setdefault(id(storage.pack), len(packs))
                 if j == len(packs):
-                    packs.append(holder)
-                layout.append(("packed", (j, leaf._slot)))
+                    packs.append(storage.pack)
+                layout.append(("packed", (j, storage.slot)))
                 continue
             k = plain_index.setdefault(id(leaf), len(plain))
             if k == len(plain):

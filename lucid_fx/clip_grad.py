@@ -73,7 +73,7 @@ import numpy as np
 from lucid_fx.autodiff import Parameter
 from lucid_fx.hyperparameters import as_traced
 from lucid_fx.packing import PackLayout, ParamPack, check_grad, slot_mask
-from lucid_fx.sharding import shard_like
+from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
 from lucid_fx.validation import check_flag, check_hyperparameter
 
@@ -109,15 +109,15 @@ class _Gathered:
                     f"{fn}: parameters[{i}] is a {type(p).__name__}, not an fx.Parameter; "
                     f"pass fx.parameters(model), or wrap arrays in fx.Parameter(...)"
                 )
-            holder = p._pack
-            if holder is None:
-                if p._grad is not None:
+            storage = p.storage
+            if storage is None:
+                if p.grad is not None:
                     loose.setdefault(id(p), p)
                 continue
-            entry = given.get(id(holder))
+            entry = given.get(id(storage.pack))
             if entry is None:
-                entry = given[id(holder)] = (holder, p, [])
-            entry[2].append(p._slot)  # a repeated slot is marked twice: counted once
+                entry = given[id(storage.pack)] = (storage.pack, p, [])
+            entry[2].append(storage.slot)  # a repeated slot is marked twice: counted once
         for holder, p, slots in given.values():
             counted = np.zeros(len(holder.layout), bool)
             counted[slots] = True
@@ -165,7 +165,7 @@ def _as_list(fn: str, parameters: Any) -> list[Any]:
 
 
 def _checked_plain_grad(fn: str, p: Parameter) -> Any:
-    grad = p._grad
+    grad = p.grad
     if not isinstance(grad, (jax.Array, np.ndarray)):
         raise TypeError(f"{fn}: {p!r} has a .grad of type {type(grad).__name__}; expected an array")
     if not jnp.issubdtype(grad.dtype, jnp.inexact):

@@ -33,14 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.autodiff import Parameter
-from lucid_fx.optimizer import (
-    Closure,
-    Optimizer,
-    ParamGroup,
-    Params,
-    StateDict,
-    _hyperparameters,
-)
+from lucid_fx.optimizer import Closure, Optimizer, ParamGroup, Params, StateDict
+from lucid_fx.param_groups import hyperparameters
 from lucid_fx.torch_compat import _is_torch_tensor, _to_numpy
 from lucid_fx.tracing import check_eager
 from lucid_fx.validation import check_hyperparameter
@@ -627,17 +621,14 @@ class LBFGS(Optimizer):
         on ``ValueError`` nothing has changed.
         """
         check_eager("LBFGS.load_state_dict()")
-        for hook in list(self._load_pre_hooks.values()):
-            returned = hook(self, state_dict)
-            if returned is not None:
-                state_dict = returned
+        state_dict = self._hooks.before_load(self, state_dict)
         if isinstance(state_dict, Mapping) and isinstance(state_dict.get("state"), Mapping):
             state_dict = {**state_dict, "state": {
                 index: {k: _numpy_tree(v) for k, v in entry.items()}
                 if isinstance(entry, Mapping) else entry
                 for index, entry in state_dict["state"].items()}}
         new_groups, entries = self._validated(state_dict)
-        hyper = _hyperparameters({**self.param_groups[0], **new_groups[0]}, self.defaults)
+        hyper = hyperparameters({**self.param_groups[0], **new_groups[0]}, self.defaults)
         state = None
         if entries:
             saved: Mapping[str, Any] = entries[self._params[0]]
@@ -645,8 +636,7 @@ class LBFGS(Optimizer):
             state = reader.state(hyper["history_size"])
         self.param_groups[0].update(new_groups[0])
         self._lbfgs = state
-        for hook in list(self._load_post_hooks.values()):
-            hook(self)
+        self._hooks.after_load(self)
 
     def torch_state_dict(self) -> StateDict:
         """This optimizer's state in the form ``torch.optim.LBFGS.load_state_dict`` takes.
@@ -676,23 +666,16 @@ class LBFGS(Optimizer):
         Parameters may have moved, but the optimizer's state is as before.
         """
         check_eager("LBFGS.step()")
-        args: tuple[Any, ...] = (closure,) if closure is not None else ()
-        kwargs: dict[str, Any] = {}
-        for hook in list(self._step_pre_hooks.values()):
-            result = hook(self, args, kwargs)
-            if result is not None:
-                args, kwargs = result
-        closure = args[0] if args else kwargs.get("closure")
+        closure, args, kwargs = self._hooks.before_step(self, closure)
         if closure is None:
             raise TypeError("LBFGS.step() needs a closure that zeroes the gradients, computes "
                             "the loss, calls fx.backward and returns the loss")
         self._check_not_retired()
-        hyper = _hyperparameters(self.param_groups[0], self.defaults)
+        hyper = hyperparameters(self.param_groups[0], self.defaults)
         self._check_hyperparameters(hyper)
         with np.errstate(all="ignore"):  # torch's scalars overflow to inf silently
             loss, self._lbfgs = self._iterate(closure, self._lbfgs or _State(), **hyper)
-        for hook in list(self._step_post_hooks.values()):
-            hook(self, args, kwargs)
+        self._hooks.after_step(self, args, kwargs)
         return loss
 
     def _write(self, pieces: Iterable[jax.Array]) -> None:

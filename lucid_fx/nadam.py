@@ -41,7 +41,7 @@ from lucid_fx.elementwise import (
     scheduled,
     wide_product,
 )
-from lucid_fx.sharding import zeros_like_param
+from lucid_fx.placement import zeros_like_param
 from lucid_fx.validation import (
     check_betas,
     check_flag,

@@ -9,7 +9,10 @@ compiled code, where it is free.
 :class:`PackLayout` is the static description (shapes, offsets) and
 :func:`pack` / :func:`unpack` convert between a list of arrays and the buffer.
 :class:`ParamPack` is the stateful storage that ``fx.Optimizer`` gives its
-Parameters: ``Parameter.value`` and ``.grad`` read through it lazily.
+Parameters: ``Parameter.value`` and ``.grad`` read through it lazily. A pack
+adopts its Parameters when it is made and gives one back with
+:meth:`ParamPack.release` (the protocol of :mod:`lucid_fx.parameter`).
+:func:`make_packs` is the policy: which Parameters share a buffer.
 
 Example:
   >>> import jax.numpy as jnp
@@ -32,7 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 
 if TYPE_CHECKING:
-    from lucid_fx.autodiff import Parameter
+    from lucid_fx.parameter import Parameter
+
+# Parameters up to this many elements share packed buffers; larger ones keep
+# their own array, so reading their ``.value`` never copies.
+PACK_MAX_ELEMENTS = 1 << 16
 
 
 class PackLayout:
@@ -177,6 +184,14 @@ class ParamPack:
     MAX_ELEMENTS = 2**31 - 1  # offsets are int32
 
     def __init__(self, params: Sequence[Parameter], *, flat: bool = True) -> None:
+        """Takes ``params`` over: their values (and gradients) move into this pack.
+
+        A Parameter that another pack holds is released from it first, which
+        retires that pack (see :meth:`release`).
+        """
+        for p in params:
+            if p.storage is not None:
+                p.storage.pack.release(p)
         values = [p.value for p in params]
         if flat and sum(v.size for v in values) > self.MAX_ELEMENTS:
             raise ValueError(f"a flat pack holds at most {self.MAX_ELEMENTS} elements")
@@ -189,6 +204,19 @@ class ParamPack:
         self._views: dict[int, jax.Array] = {}
         self._grad_views: dict[int, jax.Array] = {}
         self.retired = False  # set when a newer optimizer takes one of these Parameters
+        for slot, p in enumerate(self.params):
+            p._move_into(self, slot)
+
+    def release(self, p: Parameter) -> None:
+        """Gives ``p`` its value and gradient back as its own arrays; retires this pack.
+
+        Called when a newer optimizer takes ``p`` over (re-running ``opt =
+        RMSprop(...)`` is common): the optimizer that made this pack no longer
+        holds all of its Parameters, so it must not step them. The pack's other
+        Parameters still read through it.
+        """
+        self.retired = True
+        p._move_out()
 
     # values
     def value_of(self, slot: int) -> jax.Array:
@@ -279,3 +307,48 @@ class ParamPack:
             self.grad_overrides.clear()
             self._grad_views = {}
         return self.grad
+
+
+# ----------------------------------------------------------------- the packing policy
+
+
+def packable(p: Parameter) -> bool:
+    """Whether ``p`` may share a flat buffer: small, non-empty, on one device."""
+    value = p.value
+    # An empty array has no element to carry its per-parameter counts in a buffer.
+    return 0 < value.size <= PACK_MAX_ELEMENTS and len(value.sharding.device_set) == 1
+
+
+def make_packs(params: Sequence[Parameter]) -> list[ParamPack]:
+    """Moves ``params`` into packed storage: small ones share a buffer per dtype.
+
+    Parameters that are not :func:`packable` get a pack of their own, in their
+    own shape (no copy, their sharding kept). The small ones are packed in
+    order, a new buffer being started when one would pass ``ParamPack.MAX_ELEMENTS``.
+
+    Example:
+      >>> import jax.numpy as jnp, lucid_fx as fx
+      >>> from lucid_fx.packing import make_packs
+      >>> params = [fx.Parameter(jnp.ones(3)), fx.Parameter(jnp.ones(2, jnp.bfloat16)),
+      ...           fx.Parameter(jnp.ones((2, 2)))]
+      >>> [(len(pack.params), pack.layout.total, str(pack.layout.dtype)) for pack in make_packs(params)]
+      [(2, 7, 'float32'), (1, 2, 'bfloat16')]
+      >>> params[2].storage.slot
+      1
+    """
+    by_dtype: dict[np.dtype, list[Parameter]] = {}
+    packs = []
+    for p in params:
+        if packable(p):
+            by_dtype.setdefault(p.dtype, []).append(p)
+        else:
+            packs.append(ParamPack([p], flat=False))
+    for members in by_dtype.values():
+        start, total = 0, 0
+        for end, member in enumerate([*members, None]):
+            if member is None or total + member.value.size > ParamPack.MAX_ELEMENTS:
+                packs.append(ParamPack(members[start:end]))
+                start, total = end, 0
+            if member is not None:
+                total += member.value.size
+    return packs

@@ -27,7 +27,7 @@ from lucid_fx.elementwise import (
     next_step,
     real_dtype,
 )
-from lucid_fx.sharding import zeros_like_param
+from lucid_fx.placement import zeros_like_param
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,

@@ -38,7 +38,7 @@ from jax.tree_util import keystr
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import PyTree
 from lucid_fx.naming import KeyPath, dotted_name
-from lucid_fx.sharding import to_host
+from lucid_fx.placement import to_host
 
 __all__ = ["load_state_dict", "load_values", "state_dict", "values"]
 

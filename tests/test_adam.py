@@ -2,8 +2,7 @@
 flag combination, complex parameters as torch's real pairs, the float64 reference
 (tests/reference.py), optax, dtypes, schedules, skipping and errors.
 
-float32 runs in this process, float64 in a child interpreter with ``JAX_ENABLE_X64=1``
-started before the first test (it runs alongside the float32 tests).
+The grids' parity with torch and the reference in both dtypes runs in tests/test_family.py.
 """
 
 from __future__ import annotations
@@ -23,19 +22,15 @@ from hypothesis import given
 from optimizers_under_test import (
     ROWS,
     RTOL_REF_F32,
-    RTOL_REF_F64,
     RTOL_TORCH_F32,
-    RTOL_TORCH_F64,
     Shape,
     leaves64,
     make_tree,
     one_torch_thread,
     run,
-    run_many,
     shape_trees,
     split,
     tree_error,
-    x64_fixtures,
 )
 from reference import adam_reference, max_rel_error
 
@@ -46,13 +41,6 @@ torch = pytest.importorskip(
     "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"
 )
 
-ROW_NAMES = ["adam", "adamw"]
-CASES = [(name, label) for name in ROW_NAMES for label in ROWS[name].grid]
-CASE_IDS = [f"{name}:{label}" for name, label in CASES]
-# Complex parameters: each path of the kernel once (maximize is a sign, tested above).
-COMPLEX_LABELS = ["defaults", "amsgrad=True,weight_decay=0.1",
-                  "weight_decay=0.1,decoupled_weight_decay=True",
-                  "amsgrad=True,weight_decay=0.1,maximize=True,decoupled_weight_decay=True"]
 RTOL_ONE_STEP_BF16 = 2**-7  # one rounding to bfloat16 (8 significant bits), relative
 
 
@@ -63,32 +51,14 @@ def test_grids_cover_every_flag_combination() -> None:
 # ------------------------------------------------------------------ parity: torch and reference
 
 
-def jit_report(dtype: Any, complex_dtype: Any) -> dict[str, dict[str, float]]:
-    """Every case (one compilation per row for the whole grid) and the complex cases."""
-    report = {f"{name}:{label}": errors for name in ROW_NAMES
-              for label, errors in run_many(ROWS[name], ROWS[name].grid, dtype,
-                                            torch=torch).items()}
-    configs = {label: ROWS["adam"].grid[label] for label in COMPLEX_LABELS}
-    for label, errors in run_many(ROWS["adam"], configs, complex_dtype, torch=torch).items():
-        report[f"complex:{label}"] = errors
-    return report
+# The grids against torch and the reference, float32 and float64, real and complex, at a
+# constant and a changing lr: tests/test_family.py, from ROWS["adam"] and ROWS["adamw"].
+# Here: the eager path.
+EAGER_CASES = [("adam", "defaults"), ("adam", "amsgrad=True,weight_decay=0.1,maximize=True"),
+               ("adamw", "amsgrad=True,weight_decay=0.1,maximize=True")]
 
 
-@pytest.fixture(scope="module")
-def f32() -> dict[str, dict[str, float]]:
-    return jit_report(np.float32, np.complex64)
-
-
-@pytest.mark.parametrize("name, label", CASES, ids=CASE_IDS)
-def test_parity_float32_jit(name: str, label: str, f32: dict[str, Any]) -> None:
-    errors = f32[f"{name}:{label}"]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F32, errors
-    assert theirs <= RTOL_TORCH_F32, errors
-
-
-@pytest.mark.parametrize("name, label", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("name, label", EAGER_CASES, ids=[f"{n}:{lb}" for n, lb in EAGER_CASES])
 def test_parity_float32_eager(name: str, label: str) -> None:
     row = ROWS[name]
     errors = run(row, row.grid[label], np.float32, jit=False, torch=torch, label=label)
@@ -98,32 +68,6 @@ def test_parity_float32_eager(name: str, label: str) -> None:
     assert theirs <= RTOL_TORCH_F32, errors
 
 
-@pytest.mark.parametrize("label", COMPLEX_LABELS)
-def test_parity_complex64(label: str, f32: dict[str, Any]) -> None:
-    """torch's Adam runs on ``view_as_real`` of a complex parameter: so do we."""
-    errors = f32[f"complex:{label}"]
-    ref, theirs = split(errors)
-    assert ref <= RTOL_REF_F32 and theirs <= RTOL_TORCH_F32, errors
-
-
-def x64_report() -> dict[str, Any]:
-    """The grids (and complex128) in float64; run in a child with ``JAX_ENABLE_X64=1``."""
-    assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
-    return jit_report(np.float64, np.complex128)
-
-
-_x64_child, x64 = x64_fixtures("test_adam")  # the float64 child, started early
-
-
-@pytest.mark.parametrize("key", CASE_IDS + [f"complex:{label}" for label in COMPLEX_LABELS])
-def test_parity_float64(key: str, x64: dict[str, Any]) -> None:
-    errors = x64[key]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F64, errors
-    assert theirs <= RTOL_TORCH_F64, errors
-
-
 def test_complex_second_moment_is_per_component() -> None:
     """v holds re(g)² and im(g)² (torch's real pairs), not |g|²."""
     tx = adam(lr=0.1, betas=(0.0, 0.0))
@@ -131,18 +75,6 @@ def test_complex_second_moment_is_per_component() -> None:
     _, state = tx.update(jnp.array([3 + 4j], jnp.complex64), tx.init(params), params)
     assert state.exp_avg_sq.dtype == jnp.complex64
     assert state.exp_avg_sq.tolist() == [9 + 16j]  # |g|² would be 25
-
-
-@pytest.mark.parametrize("label", ["defaults", "amsgrad=True,weight_decay=0.1",
-                                   "weight_decay=0.1,decoupled_weight_decay=True"])
-def test_changing_lr_matches_torch(label: str) -> None:
-    """The bias-corrected step size uses the current η, as torch's does: a schedule equals
-    torch with its ``param_groups`` lr set before each step."""
-    lrs = [0.01 * 0.8**t if t % 5 else 0.05 for t in range(20)]
-    row = ROWS["adam"]
-    errors = run(row, row.grid[label], np.float32, torch=torch, lr_per_step=lrs, label=label)
-    ref, theirs = split(errors)
-    assert ref <= RTOL_REF_F32 and theirs <= RTOL_TORCH_F32, errors
 
 
 def test_optax_schedule() -> None:

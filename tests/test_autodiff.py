@@ -13,38 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optimizers_under_test import CompileCounter
 
 import lucid_fx as fx
 
-# Backend compilations are announced under this jax.monitoring event
-# (jax/_src/dispatch.py: BACKEND_COMPILE_EVENT); a test below checks that it still fires.
-BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
 # float32 gradients from the same jax.grad math routed differently: a few ulps.
 RTOL_GRAD_F32 = 1e-6
-
-
-class CompileCounter:
-    """Counts XLA backend compilations while active; ``names`` lists the compiled functions."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
-        del duration
-        if event == BACKEND_COMPILE_EVENT:
-            self.names.append(str(kwargs.get("fun_name", "?")))
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-    def __enter__(self) -> CompileCounter:  # noqa: PYI034 - not subclassed
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def mse(m: dict[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RunPython
 from hypothesis import given
-from test_autodiff import CompileCounter
+from optimizers_under_test import CompileCounter
+from reference import max_rel_error
 
 import lucid_fx as fx
 from lucid_fx.clip_grad import clip_grad_norm_, clip_grad_value_
@@ -236,7 +236,7 @@ def test_pack_neighbours_that_were_not_given_are_untouched(norm_type: float) -> 
     torch = _torch()
     shapes = [(3,), (4,), (2, 2), (5,), (1,)]
     params, grads = build("packed", shapes, no_grad={4}, scale=10.0)
-    assert len({id(p._pack) for p in params}) == 1  # all in one buffer
+    assert len({id(p.storage.pack) for p in params}) == 1  # all in one buffer
     chosen = [0, 2, 4]  # 4 has no gradient; 1 and 3 are neighbours with gradients
     twins = torch_twins([grads[i] for i in chosen], [shapes[i] for i in chosen])
     expected = torch.nn.utils.clip_grad_norm_(twins, 1.0, norm_type)
@@ -310,34 +310,24 @@ def test_complex_gradients_count_by_modulus_like_torch(storage: str, norm_type: 
         np.testing.assert_allclose(np.asarray(p.grad), t.grad.numpy(), rtol=RTOL_TORCH_F32)
 
 
-def test_float64_matches_torch_in_an_x64_child(run_python: RunPython) -> None:
-    _torch()
-    result = run_python(
-        """
-import json, numpy as np, torch, jax.numpy as jnp, lucid_fx as fx
-from lucid_fx.clip_grad import clip_grad_norm_
-rng = np.random.default_rng(0)
-grads = [rng.standard_normal(s) for s in [(3, 4), (5,), (200, 400)]]
-out = {}
-for norm_type in [1.0, 2.0, 3.5, float("inf")]:
-    params = [fx.Parameter(jnp.zeros(g.shape, jnp.float64)) for g in grads]
-    fx.RMSprop(params[:2])
-    twins = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
-    for p, t, g in zip(params, twins, grads):
-        p.grad, t.grad = jnp.asarray(g), torch.from_numpy(g.copy())
-    norm = clip_grad_norm_(params, 1.0, norm_type)
-    expected = torch.nn.utils.clip_grad_norm_(twins, 1.0, norm_type)
-    errors = [float(np.max(np.abs(np.asarray(p.grad) - t.grad.numpy()) / np.abs(t.grad.numpy())))
-              for p, t in zip(params, twins)]
-    out[str(norm_type)] = [str(norm.dtype), str(params[0].grad.dtype),
-                           abs(float(norm) / float(expected) - 1), max(errors)]
-print(json.dumps(out))
-""",
-        env={"JAX_ENABLE_X64": "1"},
-    )
-    for norm_dtype, grad_dtype, norm_error, grad_error in result.values():
-        assert norm_dtype == grad_dtype == "float64"
-        assert norm_error <= RTOL_F64 and grad_error <= RTOL_F64
+def test_float64_matches_torch() -> None:
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s) for s in [(3, 4), (5,), (200, 400)]]
+    with jax.enable_x64(True):
+        for norm_type in [1.0, 2.0, 3.5, float("inf")]:
+            params = [fx.Parameter(jnp.zeros(g.shape, jnp.float64)) for g in grads]
+            fx.RMSprop(params[:2])  # two packed, one loose
+            twins = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+            for p, t, g in zip(params, twins, grads):
+                p.grad, t.grad = jnp.asarray(g), torch.from_numpy(g.copy())
+            norm = clip_grad_norm_(params, 1.0, norm_type)
+            expected = torch.nn.utils.clip_grad_norm_(twins, 1.0, norm_type)
+            assert norm.dtype == jnp.float64, norm_type
+            assert abs(float(norm) / float(expected) - 1) <= RTOL_F64, norm_type
+            for p, t in zip(params, twins):
+                assert p.grad.dtype == jnp.float64, norm_type
+                assert max_rel_error(np.asarray(p.grad), t.grad.numpy()) <= RTOL_F64, norm_type
 
 
 # ------------------------------------------------------------------ clip_grad_norm_: reference
@@ -678,8 +668,8 @@ def _fill(params: list[fx.Parameter], seed: int) -> None:
     for p, g in zip(params, random_grads([p.shape for p in params], seed, scale=4.0)):
         p.grad = jnp.asarray(g)
     for p in params:  # fold hand-assigned gradients into their buffers now, outside the count
-        if p._pack is not None:
-            p._pack.folded_grad()
+        if p.storage is not None:
+            p.storage.pack.folded_grad()
 
 
 def test_clip_grad_norm_is_one_compiled_call_and_does_not_recompile(

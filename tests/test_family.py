@@ -249,7 +249,7 @@ def test_invalid_hyperparameters_raise_in_both_faces(name: str, bad: Bad) -> Non
     p = fx.Parameter(jnp.ones(2))
     with pytest.raises(ValueError, match=bad.pattern):
         row.stateful([p], **bad.kwargs)
-    assert p._pack is None  # the Parameter was not taken over
+    assert p.storage is None  # the Parameter was not taken over
 
 
 @pytest.mark.parametrize("name, bad", TORCH_REFUSES,
@@ -268,11 +268,13 @@ WIDE = {np.float32: np.complex64, np.float64: np.complex128}
 
 
 def _parity_cases(row: Row, dtype: Any) -> dict[str, tuple[dict[str, Any], bool, bool]]:
-    """key -> (config, complex, changing lr). float32, where each flag combination's
-    formulas are rounded alike: the grid at a constant lr; float64, where the tolerance
-    is rounding only and so sees η taken one step off: the grid at a constant and at a
-    changing lr (where lr is not read once). Both: the plain and the richest configuration
-    with complex parameters (torch's real pairs), the float32 ones at both lrs."""
+    """key -> (config, complex, changing lr). The grid at a constant lr in both dtypes,
+    and at a changing lr (where lr is not read once: a schedule for ours, param_groups
+    written for torch's) in float64, whose rounding-only tolerance sees a constant or a
+    schedule's value reach the math in a narrower precision; the plain and the richest
+    configuration (and Row.complex_labels) with complex parameters (torch's real pairs),
+    in float32 at both lrs.
+    Every case of a dtype runs in one compilation."""
     changing = [False] if row.lrs is None else [False, True]
     cases = {}
     for lr_changes in changing if dtype == np.float64 else [False]:
@@ -281,7 +283,7 @@ def _parity_cases(row: Row, dtype: Any) -> dict[str, tuple[dict[str, Any], bool,
             cases[prefix + label] = (dict(config), False, lr_changes)
     for lr_changes in changing if dtype == np.float32 else [False]:
         prefix = "changing-lr:" if lr_changes else ""
-        for label in ("defaults", row.richest):
+        for label in dict.fromkeys(("defaults", row.richest, *row.complex_labels)):
             cases[f"complex:{prefix}{label}"] = (dict(row.grid[label]), True, lr_changes)
     return cases
 

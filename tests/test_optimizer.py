@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_autodiff import CompileCounter
+from optimizers_under_test import CompileCounter
 
 import lucid_fx as fx
 from lucid_fx import state_schema as schema
@@ -952,7 +952,7 @@ def test_per_parameter_steps_in_one_pack_match_separate_functional_runs() -> Non
             p.grad = jnp.asarray(g)
             history[i].append(g)
         opt.step()
-    assert a._pack is b._pack  # the case that failed: two parameters, one buffer
+    assert a.storage.pack is b.storage.pack  # the case that failed: two parameters, one buffer
     for i, p in enumerate((a, b, c)):
         expected, state = _functional_run(values[i], history[i], initial=0.25)
         # Two groups compile into one XLA computation whose fusion may contract

@@ -204,7 +204,7 @@ def test_bad_names_are_rejected(params: Any, error: type[Exception], match: str)
     model = _model()
     with pytest.raises(error, match=match):
         fx.RMSprop(params(model))
-    assert all(p._pack is None for p in model.values())  # nothing moved into packed storage
+    assert all(p.storage is None for p in model.values())  # nothing moved into packed storage
 
 
 # --- stateful calls under a JAX transformation -------------------------------------------
@@ -294,7 +294,7 @@ def test_a_dict_of_parameters_says_pass_fx_parameters() -> None:
         fx.RMSprop(model)
     with pytest.raises(TypeError, match=r"wrap the group in a list: \[group\]"):
         fx.RMSprop({"params": fx.parameters(model)})
-    assert all(p._pack is None for p in model.values())
+    assert all(p.storage is None for p in model.values())
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

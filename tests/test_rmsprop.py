@@ -1,7 +1,7 @@
 """Tests of ``lucid_fx.rmsprop`` against the float64 NumPy reference (tests/reference.py).
 
 One table of labelled cases drives the parity tests in float32 (this process) and
-float64 (a child interpreter with ``JAX_ENABLE_X64=1``), and the parity with optax.
+float64 (in this process, under ``jax.enable_x64(True)``), and the parity with optax.
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def run_parity(case: Case, dtype: Any, *, jit: bool = True) -> dict[str, float]:
 
 
 def x64_report() -> dict[str, Any]:
-    """Everything checked under ``JAX_ENABLE_X64=1``; called in a child interpreter."""
-    assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
+    """Everything checked in float64; called under ``jax.enable_x64(True)``."""
+    assert jax.config.jax_enable_x64, "call under jax.enable_x64(True)"
     parity = {
         case.label: run_parity(case, np.complex128 if case.is_complex else np.float64)
         for case in CASES
@@ -213,11 +213,9 @@ def test_parity_float32(case: Case) -> None:
 
 
 @pytest.fixture(scope="module")
-def x64(run_python: Callable[..., Any]) -> dict[str, Any]:
-    return run_python(
-        "import json, test_rmsprop as t; print(json.dumps(t.x64_report()))",
-        env={"JAX_ENABLE_X64": "1"},
-    )
+def x64() -> dict[str, Any]:
+    with jax.enable_x64(True):
+        return x64_report()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)

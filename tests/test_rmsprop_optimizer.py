@@ -3,7 +3,7 @@
 One table of labelled configurations drives three comparisons, step for step:
 the adapter against the functional transform in a hand-written jitted loop
 (bitwise), against the float64 NumPy reference of tests/reference.py (float32 here,
-float64 in a ``JAX_ENABLE_X64=1`` child), and for hyper-parameters changed mid-run
+float64 under ``jax.enable_x64(True)``), and for hyper-parameters changed mid-run
 against the reference fed the same changes, counting backend compilations.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optimizers_under_test import CompileCounter
 from reference import RMSpropReference, max_rel_error, reference_run
-from test_autodiff import CompileCounter
 
 import lucid_fx as fx
 from lucid_fx.hyperparameters import as_precise
@@ -261,8 +260,8 @@ def test_adapter_matches_reference_float32(case: Case) -> None:
 
 
 def x64_report() -> dict[str, Any]:
-    """The float64 comparisons; called in a child interpreter with ``JAX_ENABLE_X64=1``."""
-    assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
+    """The float64 comparisons; called under ``jax.enable_x64(True)``."""
+    assert jax.config.jax_enable_x64, "call under jax.enable_x64(True)"
     return {
         "reference": {c.label: reference_errors(c, np.complex128 if c.is_complex else np.float64)
                       for c in CASES},
@@ -271,11 +270,9 @@ def x64_report() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def x64(run_python: Callable[..., Any]) -> dict[str, Any]:
-    return run_python(
-        "import json, test_rmsprop_optimizer as t; print(json.dumps(t.x64_report()))",
-        env={"JAX_ENABLE_X64": "1"},
-    )
+def x64() -> dict[str, Any]:
+    with jax.enable_x64(True):
+        return x64_report()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)

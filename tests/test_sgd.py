@@ -1,7 +1,7 @@
 """Tests of ``lucid_fx.sgd``: torch.optim.SGD parity over every flag combination, the
 float64 reference (tests/reference.py), optax, dtypes, schedules, skipping and errors.
 
-float32 runs in this process, float64 in a child interpreter with ``JAX_ENABLE_X64=1``.
+The grid's parity with torch and the reference in both dtypes runs in tests/test_family.py.
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ from hypothesis import given
 from optimizers_under_test import (
     ROWS,
     RTOL_REF_F32,
-    RTOL_REF_F64,
     RTOL_TORCH_F32,
-    RTOL_TORCH_F64,
     Shape,
     leaves64,
     make_tree,
     run,
-    run_many,
     shape_trees,
     split,
     tree_error,
-    x64_fixtures,
 )
 from reference import max_rel_error, sgd_reference
 
@@ -54,80 +50,18 @@ def test_grid_covers_every_valid_flag_combination() -> None:
 
 
 # ------------------------------------------------------------------ parity: torch and reference
+# The grid against torch and the reference, float32 and float64, real and complex, at a
+# constant and a changing lr: tests/test_family.py, from ROWS["sgd"]. Here: the eager path.
 
 
-def jit_report(dtype: Any, complex_dtype: Any) -> dict[str, dict[str, float]]:
-    """The whole grid (one compilation) and the complex cases (another)."""
-    report = run_many(ROW, GRID, dtype, torch=torch)
-    configs = {label: GRID[label] for label in COMPLEX_LABELS}
-    for label, errors in run_many(ROW, configs, complex_dtype, torch=torch).items():
-        report["complex:" + label] = errors
-    return report
-
-
-@pytest.fixture(scope="module")
-def f32() -> dict[str, dict[str, float]]:
-    return jit_report(np.float32, np.complex64)
-
-
-@pytest.mark.parametrize("label", GRID)
-def test_parity_float32_jit(label: str, f32: dict[str, Any]) -> None:
-    errors = f32[label]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F32, errors
-    assert theirs <= RTOL_TORCH_F32, errors
-
-
-@pytest.mark.parametrize("label", GRID)
+@pytest.mark.parametrize("label", ["defaults", "momentum=0.9,nesterov=True,maximize=True",
+                                   "momentum=0.9,dampening=0.1,weight_decay=0.1"])
 def test_parity_float32_eager(label: str) -> None:
     errors = run(ROW, GRID[label], np.float32, jit=False, torch=torch, label=label)
     ref, theirs = split(errors)
     assert errors["step"] == 0
     assert ref <= RTOL_REF_F32, errors
     assert theirs <= RTOL_TORCH_F32, errors
-
-
-def x64_report() -> dict[str, Any]:
-    """The grid (and complex128) in float64; run in a child with ``JAX_ENABLE_X64=1``."""
-    assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
-    return jit_report(np.float64, np.complex128)
-
-
-_x64_child, x64 = x64_fixtures("test_sgd")  # the float64 child, started early
-
-
-@pytest.mark.parametrize("label", GRID)
-def test_parity_float64(label: str, x64: dict[str, Any]) -> None:
-    errors = x64[label]
-    ref, theirs = split(errors)
-    assert errors["step"] == 0
-    assert ref <= RTOL_REF_F64, errors
-    assert theirs <= RTOL_TORCH_F64, errors
-
-
-COMPLEX_LABELS = ["defaults", "momentum=0.9,weight_decay=0.1",
-                  "momentum=0.9,nesterov=True,maximize=True", "momentum=0.9,dampening=0.1"]
-
-
-@pytest.mark.parametrize("label", COMPLEX_LABELS)
-def test_parity_complex(label: str, f32: dict[str, Any], x64: dict[str, Any]) -> None:
-    """torch updates complex SGD parameters with complex arithmetic; ours works on real
-    pairs, which is the same numbers for real η, μ, τ, λ."""
-    errors = f32["complex:" + label]
-    assert max(split(errors)) <= RTOL_TORCH_F32, errors
-    assert max(split(x64["complex:" + label])) <= RTOL_TORCH_F64, x64["complex:" + label]
-
-
-@pytest.mark.parametrize("label", ["defaults", "momentum=0.9,dampening=0.1,weight_decay=0.1",
-                                   "momentum=0.9,nesterov=True"])
-def test_changing_lr_matches_torch(label: str) -> None:
-    """η multiplies outside the buffer, as in torch: a schedule equals torch with its
-    ``param_groups`` lr set before each step."""
-    lrs = [0.05 * 0.8**t if t % 5 else 0.2 for t in range(20)]
-    errors = run(ROW, GRID[label], np.float32, torch=torch, lr_per_step=lrs, label=label)
-    ref, theirs = split(errors)
-    assert ref <= RTOL_REF_F32 and theirs <= RTOL_TORCH_F32, errors
 
 
 def test_optax_schedule() -> None:

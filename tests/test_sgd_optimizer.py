@@ -16,7 +16,7 @@ import pytest
 from optimizers_under_test import ROWS, RTOL_TORCH_F32
 
 import lucid_fx as fx
-from lucid_fx import optimizer as optimizer_module
+from lucid_fx import packed_step
 
 torch = pytest.importorskip("torch", reason="parity is checked against real torch "
                                             "(pip install 'lucid_fx[test]')")
@@ -48,7 +48,7 @@ def _stateful(config: dict[str, Any]) -> list[np.ndarray]:
             if g is not None:
                 p.grad = jnp.asarray(g)
         opt.step()
-    assert params[0]._pack is params[1]._pack
+    assert params[0].storage.pack is params[1].storage.pack
     return [np.asarray(p.value) for p in params]
 
 
@@ -120,13 +120,13 @@ def test_writing_lr_and_momentum_does_not_recompile() -> None:
     for p, g in zip(params, _grads(0)):
         p.grad = jnp.asarray(g)
     opt.step()
-    before = optimizer_module._compiled_step._cache_size()
+    before = packed_step.compiled_step._cache_size()
     for lr, momentum in ((0.05, 0.8), (0.01, 0.5)):
         opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"] = lr, momentum
         for p, g in zip(params, _grads(2)):
             p.grad = jnp.asarray(g)
         opt.step()
-    assert optimizer_module._compiled_step._cache_size() == before
+    assert packed_step.compiled_step._cache_size() == before
 
 
 @pytest.mark.parametrize(
@@ -139,4 +139,4 @@ def test_bad_hyperparameters_name_the_argument(kwargs: dict[str, Any], match: st
     params = [fx.Parameter(v) for v in _initial()]
     with pytest.raises(ValueError, match=match):
         fx.SGD(params, **kwargs)
-    assert all(p._pack is None for p in params)
+    assert all(p.storage is None for p in params)

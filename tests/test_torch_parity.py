@@ -3,7 +3,7 @@
 Both sides train the same small MLP from the same start on the same batches,
 each with its own autodiff (``fx.backward`` here, ``loss.backward()`` there), so the
 whole stateful loop is compared, not only the update rule. float32 runs in this
-process, float64 in a ``JAX_ENABLE_X64=1`` child. Our momentum buffer holds η·b where
+process, float64 under ``jax.enable_x64(True)``. Our momentum buffer holds η·b where
 torch's holds b (Lucid's definition puts η inside the buffer); with a constant η they agree.
 
 Not compared: complex parameters. torch's RMSprop treats the real and imaginary
@@ -170,17 +170,15 @@ def test_parity_with_closures_float32() -> None:
 
 
 def x64_report() -> dict[str, dict[str, float]]:
-    """The grid in float64; called in a child interpreter with ``JAX_ENABLE_X64=1``."""
-    assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
+    """The grid in float64; called under ``jax.enable_x64(True)``."""
+    assert jax.config.jax_enable_x64, "call under jax.enable_x64(True)"
     return {label: compare(config, np.float64) for label, config in GRID.items()}
 
 
 @pytest.fixture(scope="module")
-def x64(run_python: Callable[..., Any]) -> dict[str, dict[str, float]]:
-    return run_python(
-        "import json, test_torch_parity as t; print(json.dumps(t.x64_report()))",
-        env={"JAX_ENABLE_X64": "1"},
-    )
+def x64() -> dict[str, dict[str, float]]:
+    with jax.enable_x64(True):
+        return x64_report()
 
 
 @pytest.mark.parametrize("label", GRID)
