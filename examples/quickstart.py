@@ -18,11 +18,12 @@ from sklearn.datasets import load_diabetes
 import lucid_fx as fx
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
+    """Trains and returns the final R² on the training data."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.05)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     x, y = load_diabetes(return_X_y=True)
     x = jnp.asarray((x - x.mean(0)) / x.std(0), jnp.float32)
@@ -45,7 +46,9 @@ def main() -> None:
         params, state, loss = train_step(params, state)
         if step % max(1, args.steps // 10) == 0 or step == args.steps - 1:
             print(f"step {step:4d}  loss {float(loss):.4f}")
-    print(f"final R^2: {1 - float(loss_fn(params)) / float(np.var(np.asarray(y))):.3f}")
+    r2 = 1 - float(loss_fn(params)) / float(np.var(np.asarray(y)))
+    print(f"final R^2: {r2:.3f}")
+    return r2
 
 
 if __name__ == "__main__":

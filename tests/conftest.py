@@ -1,7 +1,12 @@
-"""Shared test configuration: hypothesis profile and a fresh-interpreter runner.
+"""Shared test configuration: eight host devices, a hypothesis profile, a child runner.
 
-Checks that need another JAX configuration (``JAX_ENABLE_X64=1``, eight host
-devices) run in a child interpreter, because this process has imported jax already.
+The suite runs on eight CPU devices (``--xla_force_host_platform_device_count=8``),
+so that multi-device checks run in this process like any test: XLA reads the flag
+when jax's CPU backend starts, so it is set here, before any test module imports jax.
+Arrays still land on the first device unless placed, so single-device code runs as
+on a one-device machine. float64 checks run in-process too, under
+``jax.enable_x64(True)``. Child interpreters remain for what needs a process of its
+own (a restart, several hosts, a compiler dump); they get the caller's environment.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# What child interpreters get: the environment as the caller set it (one device).
+CHILD_ENV = dict(os.environ)
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
+if "jax" not in sys.modules:  # else the backend may have started: eight_devices() says so
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}".strip()
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -39,7 +50,7 @@ def run_python_json(code: str, env: Mapping[str, str] | None = None, timeout: fl
     ``env`` is added to the current environment. A failing child fails the test
     with its stderr.
     """
-    child_env = {**os.environ, **(env or {})}
+    child_env = {**CHILD_ENV, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(
         [str(TESTS_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     )
@@ -61,3 +72,22 @@ def run_python_json(code: str, env: Mapping[str, str] | None = None, timeout: fl
 def run_python() -> RunPython:
     """The :func:`run_python_json` runner, as a fixture."""
     return run_python_json
+
+
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """The environment for a child interpreter: the caller's, so one device by default."""
+    return dict(CHILD_ENV)
+
+
+@pytest.fixture
+def eight_devices() -> list[Any]:
+    """This process's eight CPU devices; fails, saying why, when the flag came too late."""
+    import jax
+
+    devices = jax.devices()
+    if len(devices) != 8:
+        pytest.fail(f"expected 8 host devices, found {len(devices)}: jax started before "
+                    f"tests/conftest.py set XLA_FLAGS={EIGHT_DEVICES}; run pytest as the "
+                    f"README says")
+    return devices

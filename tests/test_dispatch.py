@@ -78,39 +78,34 @@ def test_bad_limit_is_a_value_error_naming_it(bad: Any) -> None:
 
 
 def test_stateful_step_waits_for_the_previous_step_only_over_several_devices(
-    run_python: Any,
+    eight_devices: list[Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Over a mesh, ``step()`` waits for the previous step before queuing its own."""
-    code = """
-import json, jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-import lucid_fx as fx
-from lucid_fx import dispatch, optimizer as opt_module
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-waits = []
-real = opt_module.wait_for
-opt_module.wait_for = lambda tree: (waits.append(len(jax.tree.leaves(tree))), real(tree))
+    from lucid_fx import optimizer as optimizer_module
 
-def train(model):
-    opt = fx.RMSprop(fx.parameters(model), lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        fx.backward(lambda m: jnp.sum(m["w"] ** 2), model)
-        opt.step()
-    return np.asarray(model["w"].value)
+    waits: list[int] = []
+    real = optimizer_module.wait_for
+    monkeypatch.setattr(optimizer_module, "wait_for",
+                        lambda tree: (waits.append(len(jax.tree.leaves(tree))), real(tree)))
 
-mesh = jax.make_mesh((8,), ("data",))
-w = np.linspace(-1, 1, 8 * 1024, dtype=np.float32)
-on_one = train({"w": fx.Parameter(jnp.asarray(w))})
-single_waits = len(waits)
-sharded = train({"w": fx.Parameter(jax.device_put(w, NamedSharding(mesh, P("data"))))})
-print(json.dumps({"single": single_waits, "sharded": waits[single_waits:],
-                  "equal": bool(np.array_equal(on_one, sharded))}))
-"""
-    result = run_python(code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert result["single"] == 0
-    assert result["sharded"] == [1, 1, 1]  # one wait per step, on the one sharded buffer
-    assert result["equal"]
+    def train(model: dict[str, fx.Parameter]) -> np.ndarray:
+        opt = fx.RMSprop(fx.parameters(model), lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            fx.backward(lambda m: jnp.sum(m["w"] ** 2), model)
+            opt.step()
+        return np.asarray(model["w"].value)
+
+    mesh = jax.make_mesh((8,), ("data",), devices=eight_devices)
+    w = np.linspace(-1, 1, 8 * 1024, dtype=np.float32)
+    on_one = train({"w": fx.Parameter(jnp.asarray(w))})
+    assert waits == []  # one device: nothing to wait for
+    sharded = train({"w": fx.Parameter(jax.device_put(w, NamedSharding(mesh, P("data"))))})
+    assert waits == [1, 1, 1]  # one wait per step, on the one sharded buffer
+    np.testing.assert_array_equal(on_one, sharded)
 
 
 def test_wait_for_skips_deleted_arrays() -> None:

@@ -46,7 +46,9 @@ def _log_tails(logs: list[Path]) -> str:
         f"--- process {i} ---\n{log.read_text()[-3000:]}" for i, log in enumerate(logs))
 
 
-def _run_processes(argv: Callable[[int, int], list[str]], out: Path) -> list[str]:
+def _run_processes(
+    argv: Callable[[int, int], list[str]], out: Path, child_env: dict[str, str]
+) -> list[str]:
     """Runs ``python argv(process id, port)`` as every process; returns their output.
 
     Waits for all, or for the first failure, or for the deadline; kills what is
@@ -54,7 +56,7 @@ def _run_processes(argv: Callable[[int, int], list[str]], out: Path) -> list[str
     """
     port = _free_loopback_port()
     env = {
-        **os.environ,
+        **child_env,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
@@ -87,9 +89,12 @@ def _run_processes(argv: Callable[[int, int], list[str]], out: Path) -> list[str
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndarray]]:
+def results(
+    tmp_path_factory: pytest.TempPathFactory, child_env: dict[str, str]
+) -> list[dict[str, np.ndarray]]:
     out = tmp_path_factory.mktemp("multihost")
-    _run_processes(lambda i, port: [str(WORKER), str(out), str(i), str(PROCESSES), str(port)], out)
+    _run_processes(lambda i, port: [str(WORKER), str(out), str(i), str(PROCESSES), str(port)], out,
+                   child_env)
     return [dict(np.load(out / f"process{i}.npz")) for i in range(PROCESSES)]
 
 
@@ -192,15 +197,16 @@ def _example_report(output: str) -> tuple[int, int, int, float, float]:
 
 
 @pytest.fixture(scope="module")
-def example_on_one_device() -> tuple[int, int, int, float, float]:
-    return _example_report(_run_example([], {}))
+def example_on_one_device(child_env: dict[str, str]) -> tuple[int, int, int, float, float]:
+    return _example_report(_run_example([], child_env))
 
 
 def _run_example(args: list[str], env: dict[str, str]) -> str:
+    """``examples/distributed.py args`` in a fresh interpreter with ``env``; its stdout."""
     result = subprocess.run(
         [sys.executable, "-W", "error", str(EXAMPLE), *args],
         capture_output=True, text=True, timeout=EXAMPLE_DEADLINE_S, check=False,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+        env={**env, "JAX_PLATFORMS": "cpu"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
@@ -208,10 +214,11 @@ def _run_example(args: list[str], env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("layout", ["fsdp", "zero1"])
 def test_example_on_eight_simulated_devices_splits_the_state_and_learns_the_same(
-    example_on_one_device: tuple[int, int, int, float, float], layout: str
+    example_on_one_device: tuple[int, int, int, float, float], child_env: dict[str, str],
+    layout: str,
 ) -> None:
-    output = _run_example(
-        ["--layout", layout], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    output = _run_example(["--layout", layout], {
+        **child_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     devices, held, total, final, first = _example_report(output)
     assert devices == 8
     assert held < total / 7  # 1/8 of every buffer, plus the replicated step count
@@ -223,11 +230,12 @@ def test_example_on_eight_simulated_devices_splits_the_state_and_learns_the_same
 
 @pytest.mark.parametrize("layout", ["fsdp", "zero1"])
 def test_example_on_two_hosts_learns_as_on_one_device(
-    example_on_one_device: tuple[int, int, int, float, float], tmp_path: Path, layout: str
+    example_on_one_device: tuple[int, int, int, float, float], tmp_path: Path,
+    child_env: dict[str, str], layout: str,
 ) -> None:
     outputs = _run_processes(lambda i, port: [
         str(EXAMPLE), "--layout", layout, "--coordinator", f"127.0.0.1:{port}",
-        "--num-processes", str(PROCESSES), "--process-id", str(i)], tmp_path)
+        "--num-processes", str(PROCESSES), "--process-id", str(i)], tmp_path, child_env)
     devices, held, total, final, first = _example_report(outputs[0])  # process 0 reports
     assert devices == 2 * PROCESSES
     assert held < total / 3.5

@@ -1,9 +1,10 @@
 """Sharded parameters, ZeRO-1 state and the stateful adapter on eight host devices.
 
-The checks below need ``--xla_force_host_platform_device_count=8``, which only
-takes effect before jax is imported, so they run in child interpreters, one per
-group (:func:`main`); each ``test_on_eight_devices[...]`` or
-``test_adapter_on_eight_devices[...]`` reports one check. Numbers are checked
+The checks run on the suite's eight host devices (tests/conftest.py), each
+``test_on_eight_devices[...]`` in this process. The adapter's checks run in one child
+interpreter (:func:`main`), because one of them reads XLA's dump of the compiled
+code, which only a process started with ``--xla_dump_to`` writes; each
+``test_adapter_on_eight_devices[...]`` reports one of them. Numbers are checked
 twice: against the same code on one device (equal to the last bit: the update is
 element-wise, so sharding changes no arithmetic) and against the float64
 reference written from the formulas.
@@ -30,12 +31,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "maximize_schedule": {"maximize": True, "lr": lambda step: 0.1 / (1.0 + step)},
 }
 
-# Checks by group; each group runs in its own eight-device child, in this order.
+# Checks by group: the functional ones run here, the adapter's in one eight-device
+# child, in this order.
 CHECKS: dict[str, list[Callable[[], None]]] = {"functional": [], "adapter": []}
 
 
 def check(fn: Callable[[], None], group: str = "functional") -> Callable[[], None]:
-    """Registers ``fn`` to run in the eight-device child of ``group``."""
+    """Registers ``fn`` as a check of ``group``."""
     CHECKS[group].append(fn)
     return fn
 
@@ -557,11 +559,6 @@ def main(group: str = "functional") -> None:
 
 
 @pytest.fixture(scope="module")
-def results(run_python: Callable[..., Any]) -> dict[str, str]:
-    return run_python("import test_sharding; test_sharding.main()", env=EIGHT_DEVICES)
-
-
-@pytest.fixture(scope="module")
 def adapter_results(run_python: Callable[..., Any], tmp_path_factory: Any) -> dict[str, str]:
     dump = tmp_path_factory.mktemp("xla_dump")
     env = {**EIGHT_DEVICES, XLA_DUMP_ENV: str(dump),
@@ -569,9 +566,9 @@ def adapter_results(run_python: Callable[..., Any], tmp_path_factory: Any) -> di
     return run_python("import test_sharding; test_sharding.main('adapter')", env=env)
 
 
-@pytest.mark.parametrize("name", [fn.__name__ for fn in CHECKS["functional"]])
-def test_on_eight_devices(results: dict[str, str], name: str) -> None:
-    assert results[name] == "ok", results[name]
+@pytest.mark.parametrize("check_fn", CHECKS["functional"], ids=lambda fn: fn.__name__)
+def test_on_eight_devices(eight_devices: list[Any], check_fn: Callable[[], None]) -> None:
+    check_fn()
 
 
 @pytest.mark.parametrize("name", [fn.__name__ for fn in CHECKS["adapter"]])

@@ -478,51 +478,46 @@ def test_torch_sequential_and_nested_modules_load_by_name() -> None:
         module.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict(tree).items()})
 
 
-# ----- sharded Parameters (eight host devices, in a child process) ---------------------
-
-_SHARDED = """
-import json
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-import lucid_fx as fx
-from lucid_fx.weights import values, load_values, state_dict, load_state_dict
-
-mesh = jax.make_mesh((8,), ("data",))
-split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-model = {
-    "w": fx.Parameter(jax.device_put(jnp.arange(16.0).reshape(8, 2), split)),
-    "b": fx.Parameter(jax.device_put(jnp.zeros(2), replicated)),
-}
-placed = lambda: (model["w"].value.sharding.is_equivalent_to(split, 2)
-                  and model["b"].value.sharding.is_equivalent_to(replicated, 1))
-out = {"param": placed()}
-optimizer = fx.RMSprop(fx.parameters(model), lr=0.1)
-saved = values(model)
-out["values"] = saved["w"].sharding.is_equivalent_to(split, 2)
-load_values(model, {"w": np.ones((8, 2), np.float32), "b": np.ones(2, np.float32)})
-out["load_numpy"] = placed() and float(model["w"].value.sum()) == 16.0
-load_values(model, saved)
-out["load_jax"] = placed() and float(model["w"].value.sum()) == 120.0
-load_state_dict(model, state_dict(model))
-out["load_state_dict"] = placed()
-model["w"].grad, model["b"].grad = jnp.ones((8, 2)), jnp.ones(2)
-optimizer.step()
-out["stepped"] = placed() and float(model["w"].value.sum()) < 120.0
-# an uncommitted Parameter (default device) stays uncommitted when given committed arrays,
-# as orbax restores them, so it can still join computations with sharded ones
-free = {"c": fx.Parameter(jnp.zeros(2))}
-load_values(free, {"c": jax.device_put(jnp.ones(2), jax.devices()[0])})
-out["uncommitted"] = not free["c"].value.committed and free["c"].value.tolist() == [1.0, 1.0]
-print(json.dumps(out))
-"""
+# ----- sharded Parameters (eight host devices) -------------------------------------------
 
 
-def test_loaded_values_keep_the_parameters_sharding(run_python: Any) -> None:
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = run_python(_SHARDED, env=env)
-    assert result == dict.fromkeys(
-        ["param", "values", "load_numpy", "load_jax", "load_state_dict", "stepped",
-         "uncommitted"], True)
+def test_loaded_values_keep_the_parameters_sharding(eight_devices: list[Any]) -> None:
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((8,), ("data",), devices=eight_devices)
+    split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    model = {
+        "w": fx.Parameter(jax.device_put(jnp.arange(16.0).reshape(8, 2), split)),
+        "b": fx.Parameter(jax.device_put(jnp.zeros(2), replicated)),
+    }
+
+    def assert_placed() -> None:
+        assert model["w"].value.sharding.is_equivalent_to(split, 2), model["w"].value.sharding
+        assert model["b"].value.sharding.is_equivalent_to(replicated, 1), model["b"].value.sharding
+
+    assert_placed()
+    optimizer = fx.RMSprop(fx.parameters(model), lr=0.1)
+    saved = values(model)
+    assert saved["w"].sharding.is_equivalent_to(split, 2)
+    load_values(model, {"w": np.ones((8, 2), np.float32), "b": np.ones(2, np.float32)})
+    assert_placed()
+    assert float(model["w"].value.sum()) == 16.0
+    load_values(model, saved)
+    assert_placed()
+    assert float(model["w"].value.sum()) == 120.0
+    load_state_dict(model, state_dict(model))
+    assert_placed()
+    model["w"].grad, model["b"].grad = jnp.ones((8, 2)), jnp.ones(2)
+    optimizer.step()
+    assert_placed()
+    assert float(model["w"].value.sum()) < 120.0
+    # An uncommitted Parameter (default device) stays uncommitted when given committed
+    # arrays, as orbax restores them, so it can still join computations with sharded ones.
+    free = {"c": fx.Parameter(jnp.zeros(2))}
+    load_values(free, {"c": jax.device_put(jnp.ones(2), eight_devices[0])})
+    assert not free["c"].value.committed
+    assert free["c"].value.tolist() == [1.0, 1.0]
 
 
 # ----- property: random trees round-trip exactly ---------------------------------------
