@@ -454,7 +454,7 @@ def compile_time(settings: Settings) -> list[Row]:
     for label, build in stateful.items():
         samples[label] = [build()]
     times = medians(samples)
-    rows = []
+    rows = [_first_backward_row(count, settings)]
     for label, what in (("lucid_fx", "fx.rmsprop tree step"), ("FlatLayout", "FlatLayout step"),
                         *((label, f"{label}: construction + first 2 steps") for label in stateful)):
         rows.append(Row(
@@ -464,6 +464,51 @@ def compile_time(settings: Settings) -> list[Row]:
             extra={"samples_s": samples[label], "optax_samples_s": samples["optax"]},
         ))
     return rows
+
+
+def _first_backward_row(count: int, settings: Settings) -> Row:
+    """The first ``fx.backward`` (trace + compile + run) over ``count`` packed Parameters
+    of 100 floats, next to ``jax.jit(jax.value_and_grad)`` of the same loss over a list.
+
+    Each build uses a new loss function, so nothing is found in the jit caches; the
+    two alternate, and each figure is the median of its builds.
+    """
+    rng = np.random.default_rng(6)
+    values = [jnp.asarray(rng.normal(size=100), jnp.float32) for _ in range(count)]
+    data = [jnp.asarray(rng.normal(size=100), jnp.float32) for _ in range(count)]
+    model = [fx.Parameter(v) for v in values]
+    optimizer = fx.RMSprop(model, lr=LR, alpha=ALPHA, eps=EPS)  # packs them: one buffer
+
+    def make_loss() -> Callable[..., jax.Array]:
+        return lambda ws, cs: sum(jnp.sum(jnp.tanh(w) * c) for w, c in zip(ws, cs))
+
+    def fx_first() -> float:
+        loss = make_loss()
+        optimizer.zero_grad()
+        start = time.perf_counter()
+        jax.block_until_ready((fx.backward(loss, model, data), model[0].grad))
+        return time.perf_counter() - start
+
+    def jax_first() -> float:
+        loss = make_loss()
+        start = time.perf_counter()
+        jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(values, data))
+        return time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {"fx.backward": [], "jax": []}
+    for rep in range(1 if settings.quick else 3):
+        for label, build in sorted({"fx.backward": fx_first, "jax": jax_first}.items(),
+                                   reverse=bool(rep % 2)):
+            samples[label].append(build())
+    times = medians(samples)
+    ratio = times["fx.backward"] / times["jax"]
+    return Row(
+        case=f"compile, {count} tensors: first fx.backward (packed, 100 floats each)", unit="s",
+        lucid_fx=times["fx.backward"],
+        notes=f"{ratio:.2f}× jax.jit(jax.value_and_grad) over a list ({times['jax']:.3g} s)",
+        extra={"samples_s": samples["fx.backward"], "jax_value_and_grad_samples_s": samples["jax"],
+               "over_jax_value_and_grad": ratio},
+    )
 
 
 # ----------------------------------------------------------------------- memory
