@@ -70,6 +70,30 @@ def test_train_digits_smoke_prints_accuracy_and_writes_curves(
     _assert_png(tmp_path / "digits.png")
 
 
+def test_train_digits_compile_cache_is_written_once_and_read_after(
+    tmp_path: Path, child_env: dict[str, str],
+) -> None:
+    """``--compile-cache``: the first run writes every program, the second compiles none
+    (it writes nothing new) and learns the same. Two fresh processes: a process-wide
+    setting, and a cache read back only by a new process."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    outputs, entries = [], []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-W", "error", str(EXAMPLES / "train_digits.py"), "--smoke",
+             "--out", str(tmp_path), "--compile-cache", str(cache)],
+            capture_output=True, text=True, timeout=300, env=child_env, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(_number_after("test accuracy:", result.stdout))
+        entries.append(sorted(p.name for p in cache.iterdir()))
+    assert len(entries[0]) >= 3, entries[0]  # backward, the step, the evaluation at least
+    assert entries[1] == entries[0]
+    assert outputs[1] == outputs[0]
+
+
 def _random_policy_mean_return(cartpole: ModuleType, episodes: int = 200) -> float:
     """The mean return of uniformly random actions in the example's own CartPole."""
     import jax
