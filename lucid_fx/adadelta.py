@@ -1,7 +1,8 @@
 """Adadelta as a pure gradient transform: torch's math, one kernel.
 
 The per-element update is :func:`adadelta_kernel`; :func:`adadelta` wraps it in
-the ``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+the ``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,17 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
     scheduled,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -186,48 +178,11 @@ def adadelta(
     check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: whether θ is read.
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(adadelta_kernel)
-
-    def init(params: Params) -> AdadeltaState:
-        check_float_leaves("adadelta", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return AdadeltaState(
-            step=jnp.zeros((), jnp.int32),
-            square_avg=jax.tree.map(zeros, params),
-            acc_delta=jax.tree.map(zeros, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, AdadeltaState]:
-        check_state("adadelta", state, AdadeltaState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees(
-            "adadelta", state.square_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        deltas, square_avg, acc_delta = map_kernel(
-            kernel,
-            jax.tree.structure(state.square_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.square_avg,
-            state.acc_delta,
-            present=(True, True, True),
-            lr=scheduled(lr, state.step),
-            rho=rho,
-            eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-        )
-        new_state = AdadeltaState(step=next_step(state.step), square_avg=square_avg,
-                                  acc_delta=acc_delta, skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "adadelta", AdadeltaState, componentwise(adadelta_kernel),
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            lr=scheduled(lr, state.step), rho=rho, eps=eps,
+            weight_decay=weight_decay if use_weight_decay else None),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

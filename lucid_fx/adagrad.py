@@ -1,7 +1,8 @@
 """Adagrad as a pure gradient transform: torch's math, one kernel.
 
 The per-element update is :func:`adagrad_kernel`; :func:`adagrad` wraps it in
-the ``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+the ``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,17 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
     scheduled,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -190,54 +182,13 @@ def adagrad(
     # Structure is decided here, once: whether θ is read and whether η̃ is divided.
     use_weight_decay = not is_static_zero(weight_decay)
     use_lr_decay = not is_static_zero(lr_decay)
-    kernel = componentwise(adagrad_kernel)
-
-    def init(params: Params) -> AdagradState:
-        check_float_leaves("adagrad", params)
-
-        def start(p: jax.Array) -> jax.Array:
-            dtype = buffer_dtype(jnp.result_type(p), state_dtype)
-            zeros = zeros_like_param(p, dtype)
-            if is_static_zero(initial_accumulator_value):
-                return zeros
-            value = hyper(initial_accumulator_value, real_dtype(dtype))
-            if jnp.issubdtype(dtype, jnp.complexfloating):
-                value = jax.lax.complex(value, value)  # both components start there
-            return zeros + value
-
-        return AdagradState(
-            step=jnp.zeros((), jnp.int32),
-            sum=jax.tree.map(start, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, AdagradState]:
-        check_state("adagrad", state, AdagradState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees(
-            "adagrad", state.sum, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        step = next_step(state.step)
-        deltas, sums = map_kernel(
-            kernel,
-            jax.tree.structure(state.sum),
-            grads,
-            params if use_weight_decay else None,
-            state.sum,
-            present=(True, True),
-            step=step,
-            lr=scheduled(lr, state.step),
-            lr_decay=lr_decay if use_lr_decay else None,
-            eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-        )
-        new_state = AdagradState(step=step, sum=sums, skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "adagrad", AdagradState, componentwise(adagrad_kernel),
+        initial={"sum": initial_accumulator_value},
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            step=step, lr=scheduled(lr, state.step),
+            lr_decay=lr_decay if use_lr_decay else None, eps=eps,
+            weight_decay=weight_decay if use_weight_decay else None),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

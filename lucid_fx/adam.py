@@ -1,7 +1,7 @@
 """Adam and AdamW as pure gradient transforms: torch's math, one kernel for both.
 
 The per-element update is :func:`adam_kernel`; :func:`adam` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`,
+``init``/``update`` protocol with :func:`~lucid_fx.elementwise_transform.elementwise_transform`,
 and :func:`adamw` is :func:`adam` with ``decoupled_weight_decay=True``.
 """
 
@@ -15,29 +15,20 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
     lerp,
-    map_kernel,
-    next_step,
     one_minus_power,
     real_dtype,
     scheduled,
     wide_product,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_betas,
     check_flag,
@@ -257,67 +248,16 @@ def _adam(
     check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: whether v̂ exists and whether θ is read.
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(adam_kernel)
-
-    def init(params: Params) -> AdamState:
-        check_float_leaves(name, params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return AdamState(
-            step=jnp.zeros((), jnp.int32),
-            exp_avg=jax.tree.map(zeros, params),
-            exp_avg_sq=jax.tree.map(zeros, params),
-            max_exp_avg_sq=jax.tree.map(zeros, params) if amsgrad else None,
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, AdamState]:
-        # An empty tree of params has None for every buffer: nothing to compare there.
-        check_state(
-            name, state, AdamState,
-            always=[("skipped", skip_nonfinite, "skip_nonfinite")],
-            per_parameter=[("max_exp_avg_sq", amsgrad, "amsgrad")],
-            has_parameters=lambda s: s.exp_avg is not None,
-        )
-        check_update_trees(
-            name, state.exp_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        step = next_step(state.step)
-        deltas, exp_avg, exp_avg_sq, max_exp_avg_sq = map_kernel(
-            kernel,
-            jax.tree.structure(state.exp_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.exp_avg,
-            state.exp_avg_sq,
-            state.max_exp_avg_sq,
-            present=(True, True, True, amsgrad),
-            step=step,
-            lr=scheduled(lr, state.step),
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
+    return elementwise_transform(
+        name, AdamState, componentwise(adam_kernel),
+        switched={"max_exp_avg_sq": ("amsgrad", amsgrad)},
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            step=step, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
             weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        new_state = AdamState(
-            step=step,
-            exp_avg=exp_avg,
-            exp_avg_sq=exp_avg_sq,
-            max_exp_avg_sq=max_exp_avg_sq,
-            skipped=state.skipped,
-        )
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+            decoupled_weight_decay=decoupled_weight_decay),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )
 
 
 def adamw(

@@ -1,7 +1,8 @@
 """Adamax (Adam with the infinity norm) as a pure gradient transform: torch's math, one kernel.
 
 The per-element update is :func:`adamax_kernel`; :func:`adamax` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 """
 
 from __future__ import annotations
@@ -14,28 +15,19 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
     lerp,
-    map_kernel,
-    next_step,
     one_minus_power,
     real_dtype,
     scheduled,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_betas,
     check_flag,
@@ -193,51 +185,11 @@ def adamax(
     check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: whether θ is read.
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(adamax_kernel)
-
-    def init(params: Params) -> AdamaxState:
-        check_float_leaves("adamax", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return AdamaxState(
-            step=jnp.zeros((), jnp.int32),
-            exp_avg=jax.tree.map(zeros, params),
-            exp_inf=jax.tree.map(zeros, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, AdamaxState]:
-        check_state("adamax", state, AdamaxState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees(
-            "adamax", state.exp_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        step = next_step(state.step)
-        deltas, exp_avg, exp_inf = map_kernel(
-            kernel,
-            jax.tree.structure(state.exp_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.exp_avg,
-            state.exp_inf,
-            present=(True, True, True),
-            step=step,
-            lr=scheduled(lr, state.step),
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-        )
-        new_state = AdamaxState(step=step, exp_avg=exp_avg, exp_inf=exp_inf,
-                                skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "adamax", AdamaxState, componentwise(adamax_kernel),
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            step=step, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
+            weight_decay=weight_decay if use_weight_decay else None),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

@@ -1,7 +1,8 @@
 """ASGD (averaged SGD) as a pure gradient transform: torch's math.
 
 The per-element update is :func:`asgd_kernel`; :func:`asgd` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`. The
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`. The
 step size ``eta`` and the averaging weight ``mu`` are one number per parameter
 (torch's state keys), advanced once per update outside the kernel.
 """
@@ -16,27 +17,18 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
     scheduled,
     wide_product,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -200,47 +192,10 @@ def asgd(
     check_flag("skip_nonfinite", skip_nonfinite)
     check_float_dtype("state_dtype", state_dtype)
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(asgd_kernel)
 
-    def init(params: Params) -> ASGDState:
-        check_float_leaves("asgd", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        dtype = schema.fields_of(ASGDState)["eta"].tree_dtype(params, state_dtype)
-        first_lr = scheduled(lr, jnp.zeros((), jnp.int32))
-        return ASGDState(
-            step=jnp.zeros((), jnp.int32),
-            eta=jnp.asarray(hyper(first_lr, dtype)).reshape(()),
-            mu=jnp.ones((), dtype),
-            ax=jax.tree.map(zeros, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, ASGDState]:
-        check_state("asgd", state, ASGDState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees("asgd", state.ax, updates, params,
-                           needs_params="it decays and averages the parameters")
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        deltas, ax = map_kernel(
-            kernel,
-            jax.tree.structure(state.ax),
-            grads,
-            params,
-            state.ax,
-            present=(True, True),
-            eta=state.eta,
-            mu=state.mu,
-            lambd=lambd,
-            weight_decay=weight_decay if use_weight_decay else None,
-        )
+    def advance(state: ASGDState, step: jax.Array) -> dict[str, jax.Array]:
         # step, eta and mu may be 0-d (this tree) or one value per element (a packed
         # buffer of the stateful face): everything below broadcasts.
-        step = next_step(state.step)
         stored = state.eta.dtype
         real = jnp.result_type(stored, jnp.float32)
         h = lambda x: hyper(x, real)
@@ -249,10 +204,15 @@ def asgd(
         # lr / (1 + λ·lr·t)^α, with λ·lr formed before the cast.
         eta = h(lr_now) * jnp.exp(-h(alpha) * jnp.log1p(h(wide_product(lambd, lr_now, real)) * t))
         mu = 1 / jnp.maximum(1, t - h(t0))
-        new_state = ASGDState(step=step, eta=eta.astype(stored), mu=mu.astype(stored), ax=ax,
-                              skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
+        return {"eta": eta.astype(stored), "mu": mu.astype(stored)}
 
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "asgd", ASGDState, componentwise(asgd_kernel),
+        initial={"eta": lr, "mu": 1},  # η_0 = lr (a schedule's value at count 0), μ_0 = 1
+        needs_params="it decays and averages the parameters",
+        hyper=lambda state, step: dict(
+            eta=state.eta, mu=state.mu, lambd=lambd,
+            weight_decay=weight_decay if use_weight_decay else None),
+        advance=advance,
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

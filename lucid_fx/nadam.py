@@ -1,7 +1,8 @@
 """NAdam as a pure gradient transform: torch's math (Adam with Nesterov momentum).
 
 The per-element update is :func:`nadam_kernel`; :func:`nadam` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`. The
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`. The
 per-parameter scalars (the momentum schedule's running product ``mu_product``,
 torch's state key, and the two step coefficients) are formed once per update by
 :func:`nadam_factors`, outside the kernel: once per tree in the functional face,
@@ -19,29 +20,20 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
     lerp,
-    map_kernel,
-    next_step,
     one_minus_power,
     real_dtype,
     scheduled,
     wide_product,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_betas,
     check_flag,
@@ -287,58 +279,23 @@ def nadam(
     check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: whether θ is read.
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(nadam_kernel)
 
-    def init(params: Params) -> NAdamState:
-        check_float_leaves("nadam", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return NAdamState(
-            step=jnp.zeros((), jnp.int32),
-            mu_product=jnp.ones((), schema.fields_of(NAdamState)["mu_product"].tree_dtype(params, state_dtype)),
-            exp_avg=jax.tree.map(zeros, params),
-            exp_avg_sq=jax.tree.map(zeros, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, NAdamState]:
-        check_state("nadam", state, NAdamState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees(
-            "nadam", state.exp_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
+    def factors(state: NAdamState, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         # step and mu_product may be 0-d (this tree) or one value per element (a
-        # packed buffer of the stateful face): the scalars below broadcast.
-        step = next_step(state.step)
-        mu_product, factors = nadam_factors(
+        # packed buffer of the stateful face): the scalars broadcast.
+        return nadam_factors(
             step, state.mu_product, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2,
             momentum_decay=momentum_decay, dtype=_factor_dtype(state))
-        deltas, exp_avg, exp_avg_sq = map_kernel(
-            kernel,
-            jax.tree.structure(state.exp_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.exp_avg,
-            state.exp_avg_sq,
-            present=(True, True, True),
-            **factors,
-            lr=scheduled(lr, state.step),
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        new_state = NAdamState(step=step, mu_product=mu_product, exp_avg=exp_avg,
-                               exp_avg_sq=exp_avg_sq, skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
 
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "nadam", NAdamState, componentwise(nadam_kernel),
+        initial={"mu_product": 1},  # Π_0
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            **factors(state, step)[1], lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2,
+            eps=eps, weight_decay=weight_decay if use_weight_decay else None,
+            decoupled_weight_decay=decoupled_weight_decay),
+        # Π_t; the same pure function of the state as the kernel's, computed once under jit
+        advance=lambda state, step: {"mu_product": factors(state, step)[0]},
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

@@ -1,7 +1,8 @@
 """RAdam as a pure gradient transform: torch's math (Adam with a rectified step).
 
 The per-element update is :func:`radam_kernel`; :func:`radam` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 The bias corrections and the rectification depend on the step count only: they
 are formed once per update by :func:`radam_factors`, from a 0-d count (one
 tree) or from one count per element (a packed buffer whose parameters have
@@ -18,29 +19,20 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
     lerp,
-    map_kernel,
-    next_step,
     one_minus_power,
     real_dtype,
     scheduled,
     wide_product,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_betas,
     check_flag,
@@ -286,55 +278,20 @@ def radam(
     check_float_dtype("state_dtype", state_dtype)
     # Structure is decided here, once: whether θ is read.
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(radam_kernel)
 
-    def init(params: Params) -> RAdamState:
-        check_float_leaves("radam", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return RAdamState(
-            step=jnp.zeros((), jnp.int32),
-            exp_avg=jax.tree.map(zeros, params),
-            exp_avg_sq=jax.tree.map(zeros, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, RAdamState]:
-        check_state("radam", state, RAdamState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees(
-            "radam", state.exp_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
+    def hyper(state: RAdamState, step: jax.Array) -> dict[str, Any]:
         # step may be 0-d (this tree) or one count per element (a packed buffer of the
         # stateful face): the scalars below broadcast.
-        step = next_step(state.step)
         dtype = real_dtype(jnp.result_type(jnp.float32, *jax.tree.leaves(state.exp_avg)))
-        deltas, exp_avg, exp_avg_sq = map_kernel(
-            kernel,
-            jax.tree.structure(state.exp_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.exp_avg,
-            state.exp_avg_sq,
-            present=(True, True, True),
+        return dict(
             **radam_factors(step, beta1=beta1, beta2=beta2, dtype=dtype),
-            lr=scheduled(lr, state.step),
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
+            lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
             weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        new_state = RAdamState(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
-                               skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
+            decoupled_weight_decay=decoupled_weight_decay)
 
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "radam", RAdamState, componentwise(radam_kernel),
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=hyper,
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

@@ -3,8 +3,8 @@
 The per-element update lives in :func:`rmsprop_kernel`, one function that
 returns every new buffer, so XLA fuses each leaf's update into a single pass
 over memory. :func:`rmsprop` wraps it in the ``init``/``update`` protocol with
-the blocks of :mod:`lucid_fx.elementwise`; the stateful :class:`lucid_fx.RMSprop`
-calls the same factory.
+:func:`lucid_fx.elementwise_transform.elementwise_transform`; the stateful
+:class:`lucid_fx.RMSprop` calls the same factory.
 """
 
 from __future__ import annotations
@@ -17,25 +17,16 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
     scheduled,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -212,62 +203,15 @@ def rmsprop(
     # Structure is decided here, once: which buffers exist and whether θ is read.
     use_momentum = not is_static_zero(momentum)
     use_weight_decay = not is_static_zero(weight_decay)
-
-    def init(params: Params) -> RMSpropState:
-        check_float_leaves("rmsprop", params)
-
-        def zeros(p: jax.Array, real: bool) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype, real=real))
-
-        return RMSpropState(
-            step=jnp.zeros((), jnp.int32),
-            square_avg=jax.tree.map(lambda p: zeros(p, True), params),
-            grad_avg=jax.tree.map(lambda p: zeros(p, False), params) if centered else None,
-            momentum_buffer=(
-                jax.tree.map(lambda p: zeros(p, False), params) if use_momentum else None
-            ),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, RMSpropState]:
-        # An empty tree of params has None for every buffer: nothing to compare there.
-        check_state(
-            "rmsprop", state, RMSpropState,
-            always=[("skipped", skip_nonfinite, "skip_nonfinite")],
-            per_parameter=[("grad_avg", centered, "centered"),
-                           ("momentum_buffer", use_momentum, "momentum")],
-            has_parameters=lambda s: s.square_avg is not None,
-        )
-        check_update_trees(
-            "rmsprop", state.square_avg, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        deltas, vs, gbars, bs = map_kernel(
-            rmsprop_kernel,
-            jax.tree.structure(state.square_avg),
-            grads,
-            params if use_weight_decay else None,
-            state.square_avg,
-            state.grad_avg,
-            state.momentum_buffer,
-            present=(True, True, centered, use_momentum),
+    return elementwise_transform(
+        "rmsprop", RMSpropState, rmsprop_kernel,
+        switched={"grad_avg": ("centered", centered),
+                  "momentum_buffer": ("momentum", use_momentum)},
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
             lr=scheduled(lr, state.step), alpha=alpha, eps=eps,
             weight_decay=weight_decay if use_weight_decay else None,
-            momentum=momentum if use_momentum else None,
-        )
-        new_state = RMSpropState(
-            step=next_step(state.step),
-            square_avg=vs,
-            grad_avg=gbars,
-            momentum_buffer=bs,
-            skipped=state.skipped,
-        )
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+            momentum=momentum if use_momentum else None),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )
 

@@ -1,7 +1,8 @@
 """Rprop (resilient backpropagation) as a pure gradient transform: torch's math, one kernel.
 
 The per-element update is :func:`rprop_kernel`; :func:`rprop` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 """
 
 from __future__ import annotations
@@ -13,21 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from lucid_fx import state_schema as schema
-from lucid_fx.base import GradientTransformation, OptState, Params, Updates
+from lucid_fx.base import GradientTransformation, Updates
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -209,52 +203,12 @@ def rprop(
     check_flag("maximize", maximize)
     check_flag("skip_nonfinite", skip_nonfinite)
     check_float_dtype("state_dtype", state_dtype)
-    kernel = componentwise(rprop_kernel)
-
-    def init(params: Params) -> RpropState:
-        check_float_leaves("rprop", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        def start(p: jax.Array) -> jax.Array:
-            dtype = buffer_dtype(jnp.result_type(p), state_dtype)
-            size = hyper(lr, real_dtype(dtype))
-            if jnp.issubdtype(dtype, jnp.complexfloating):
-                size = jax.lax.complex(size, size)  # both components start at lr
-            return zeros_like_param(p, dtype) + size
-
-        return RpropState(
-            step=jnp.zeros((), jnp.int32),
-            prev=jax.tree.map(zeros, params),
-            step_size=jax.tree.map(start, params),
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, RpropState]:
-        del params  # Rprop reads only signs of gradients
-        check_state("rprop", state, RpropState,
-                    always=[("skipped", skip_nonfinite, "skip_nonfinite")])
-        check_update_trees("rprop", state.prev, updates, None)
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        deltas, prev, step_size = map_kernel(
-            kernel,
-            jax.tree.structure(state.prev),
-            grads,
-            state.prev,
-            state.step_size,
-            present=(True, True, True),
-            etaminus=etaminus,
-            etaplus=etaplus,
-            step_size_min=step_size_min,
-            step_size_max=step_size_max,
-        )
-        new_state = RpropState(step=next_step(state.step), prev=prev, step_size=step_size,
-                               skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "rprop", RpropState, componentwise(rprop_kernel),
+        takes_param=False,  # Rprop reads only signs of gradients
+        initial={"step_size": lr},  # s_0 = lr, per element
+        hyper=lambda state, step: dict(
+            etaminus=etaminus, etaplus=etaplus,
+            step_size_min=step_size_min, step_size_max=step_size_max),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )

@@ -1,7 +1,8 @@
 """SGD (with momentum, dampening and Nesterov) as a pure gradient transform: torch's math.
 
 The per-element update is :func:`sgd_kernel`; :func:`sgd` wraps it in the
-``init``/``update`` protocol with the blocks of :mod:`lucid_fx.elementwise`.
+``init``/``update`` protocol with
+:func:`lucid_fx.elementwise_transform.elementwise_transform`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,17 @@ import jax.numpy as jnp
 from lucid_fx import state_schema as schema
 from lucid_fx.base import (
     GradientTransformation,
-    OptState,
-    Params,
     ScalarOrSchedule,
     Updates,
 )
 from lucid_fx.elementwise import (
-    buffer_dtype,
-    check_float_leaves,
-    check_state,
-    check_update_trees,
     componentwise,
     compute_dtype,
     hyper,
-    keep_old_if_nonfinite,
-    map_kernel,
-    next_step,
     real_dtype,
     scheduled,
 )
-from lucid_fx.placement import zeros_like_param
+from lucid_fx.elementwise_transform import elementwise_transform
 from lucid_fx.validation import (
     check_flag,
     check_float_dtype,
@@ -203,56 +195,13 @@ def sgd(
     # Structure is decided here, once: whether b exists and whether θ is read.
     use_momentum = not is_static_zero(momentum)
     use_weight_decay = not is_static_zero(weight_decay)
-    kernel = componentwise(sgd_kernel)
-
-    def init(params: Params) -> SGDState:
-        check_float_leaves("sgd", params)
-
-        def zeros(p: jax.Array) -> jax.Array:
-            return zeros_like_param(p, buffer_dtype(jnp.result_type(p), state_dtype))
-
-        return SGDState(
-            step=jnp.zeros((), jnp.int32),
-            momentum_buffer=jax.tree.map(zeros, params) if use_momentum else None,
-            skipped=jnp.zeros((), jnp.int32) if skip_nonfinite else None,
-        )
-
-    def update(
-        updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, SGDState]:
-        check_state(
-            "sgd", state, SGDState,
-            always=[("skipped", skip_nonfinite, "skip_nonfinite")],
-            # An empty tree of params has None for b: only a buffer that should not be there
-            # can be told apart, so "lacks" is checked against the gradients' leaves.
-            per_parameter=[("momentum_buffer", use_momentum, "momentum")],
-            has_parameters=lambda s: s.momentum_buffer is not None or (
-                use_momentum and bool(jax.tree.leaves(updates))),
-        )
-        check_update_trees(
-            "sgd", state.momentum_buffer, updates, params,
-            needs_params="weight_decay is non-zero" if use_weight_decay else None,
-            stateless=not use_momentum,
-        )
-        grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
-        step = next_step(state.step)
-        deltas, buffers = map_kernel(
-            kernel,
-            jax.tree.structure(state.momentum_buffer if use_momentum else grads),
-            grads,
-            params if use_weight_decay else None,
-            state.momentum_buffer,
-            present=(True, use_momentum),
-            step=step,
-            lr=scheduled(lr, state.step),
-            momentum=momentum if use_momentum else None,
-            dampening=dampening,
-            weight_decay=weight_decay if use_weight_decay else None,
-            nesterov=nesterov,
-        )
-        new_state = SGDState(step=step, momentum_buffer=buffers, skipped=state.skipped)
-        if skip_nonfinite:
-            return keep_old_if_nonfinite(grads, deltas, state, new_state)
-        return deltas, new_state
-
-    return GradientTransformation(init, update)
+    return elementwise_transform(
+        "sgd", SGDState, componentwise(sgd_kernel),
+        switched={"momentum_buffer": ("momentum", use_momentum)},
+        needs_params="weight_decay is non-zero" if use_weight_decay else None,
+        hyper=lambda state, step: dict(
+            step=step, lr=scheduled(lr, state.step),
+            momentum=momentum if use_momentum else None, dampening=dampening,
+            weight_decay=weight_decay if use_weight_decay else None, nesterov=nesterov),
+        maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+    )
