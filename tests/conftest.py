@@ -91,32 +91,3 @@ def eight_devices() -> list[Any]:
                     f"tests/conftest.py set XLA_FLAGS={EIGHT_DEVICES}; run pytest as the "
                     f"README says")
     return devices
-
-
-# Fixtures that do not cache work (per test, or pytest's own): they group nothing.
-_UNSHARED_FIXTURES = {"tmp_path_factory", "child_env", "run_python", "worker_id",
-                      "testrun_uid", "monkeypatch", "capsys", "tmp_path", "request"}
-
-
-def _shared_work(item: pytest.Item) -> str | None:
-    """The work ``item`` shares with other tests, which one process should do once: a
-    test_family row (its runs are cached per row), or a module whose tests read a
-    module- or session-scoped fixture (a child run, a float64 report)."""
-    module = item.module.__name__ if isinstance(item, pytest.Function) else None
-    callspec = getattr(item, "callspec", None)
-    if module == "test_family" and callspec is not None and "name" in callspec.params:
-        return f"test_family:{callspec.params['name']}"
-    info = getattr(item, "_fixtureinfo", None)
-    for name, definitions in (info.name2fixturedefs.items() if info else ()):
-        if name not in _UNSHARED_FIXTURES and definitions[-1].scope in ("module", "session"):
-            return module
-    return None
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (pytest-xdist, the README's command), tests
-    that share cached work run in one worker, which does it once; others spread freely."""
-    for item in items:
-        group = _shared_work(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
