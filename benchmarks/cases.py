@@ -10,6 +10,7 @@ compute the same update.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import os
@@ -454,7 +455,7 @@ def compile_time(settings: Settings) -> list[Row]:
     for label, build in stateful.items():
         samples[label] = [build()]
     times = medians(samples)
-    rows = [_first_backward_row(count, settings)]
+    rows = _first_backward_rows(count, settings)
     for label, what in (("lucid_fx", "fx.rmsprop tree step"), ("FlatLayout", "FlatLayout step"),
                         *((label, f"{label}: construction + first 2 steps") for label in stateful)):
         rows.append(Row(
@@ -466,33 +467,65 @@ def compile_time(settings: Settings) -> list[Row]:
     return rows
 
 
-def _first_backward_row(count: int, settings: Settings) -> Row:
-    """The first ``fx.backward`` (trace + compile + run) over ``count`` packed Parameters
-    of 100 floats, next to ``jax.jit(jax.value_and_grad)`` of the same loss over a list.
+def _first_backward_rows(count: int, settings: Settings) -> list[Row]:
+    """The first ``fx.backward`` (trace + compile + run) next to ``jax.jit(jax.value_and_grad)``
+    of the same loss over plain arrays: on ``count`` packed Parameters of 100 floats, and
+    on the main job's model (``examples/train_digits.py``: a 64-128-128-10 ReLU MLP, its
+    six Parameters packed into one buffer, cross-entropy over a batch of 64).
 
     Each build uses a new loss function, so nothing is found in the jit caches; the
     two alternate, and each figure is the median of its builds.
     """
     rng = np.random.default_rng(6)
-    values = [jnp.asarray(rng.normal(size=100), jnp.float32) for _ in range(count)]
+    many = [jnp.asarray(rng.normal(size=100), jnp.float32) for _ in range(count)]
     data = [jnp.asarray(rng.normal(size=100), jnp.float32) for _ in range(count)]
-    model = [fx.Parameter(v) for v in values]
-    optimizer = fx.RMSprop(model, lr=LR, alpha=ALPHA, eps=EPS)  # packs them: one buffer
 
-    def make_loss() -> Callable[..., jax.Array]:
+    def many_loss() -> Callable[..., jax.Array]:
         return lambda ws, cs: sum(jnp.sum(jnp.tanh(w) * c) for w, c in zip(ws, cs))
+
+    sizes = (64, 128, 128, 10)
+    mlp = [{"w": jnp.asarray(rng.normal(size=(m, n)) / np.sqrt(m), jnp.float32),
+            "b": jnp.zeros(n, jnp.float32)} for m, n in itertools.pairwise(sizes)]
+    batch = (jnp.asarray(rng.uniform(size=(64, 64)), jnp.float32),
+             jnp.asarray(rng.integers(0, 10, 64), jnp.int32))
+
+    def mlp_loss() -> Callable[..., jax.Array]:
+        def loss(layers: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+            for layer in layers[:-1]:
+                x = jax.nn.relu(x @ layer["w"] + layer["b"])
+            log_probs = jax.nn.log_softmax(x @ layers[-1]["w"] + layers[-1]["b"])
+            return -jnp.mean(jnp.take_along_axis(log_probs, y[:, None], axis=1))
+        return loss
+
+    return [
+        _first_backward_row(f"compile, {count} tensors: first fx.backward (packed, 100 floats "
+                            f"each)", many, (data,), many_loss, "over a list", settings),
+        _first_backward_row("compile, the main job's MLP (6 tensors): first fx.backward "
+                            "(packed)", mlp, batch, mlp_loss, "over a dict", settings),
+    ]
+
+
+def _first_backward_row(
+    case: str, values: Any, args: tuple[Any, ...], make_loss: Callable[[], Callable[..., Any]],
+    plain: str, settings: Settings,
+) -> Row:
+    """One row of :func:`_first_backward_rows`: ``values`` (a pytree of arrays) become
+    Parameters of one ``fx.RMSprop``, which packs them."""
+    model = jax.tree.map(fx.Parameter, values)
+    optimizer = fx.RMSprop(fx.parameters(model), lr=LR, alpha=ALPHA, eps=EPS)
+    first = fx.parameters(model)[0]
 
     def fx_first() -> float:
         loss = make_loss()
         optimizer.zero_grad()
         start = time.perf_counter()
-        jax.block_until_ready((fx.backward(loss, model, data), model[0].grad))
+        jax.block_until_ready((fx.backward(loss, model, *args), first.grad))
         return time.perf_counter() - start
 
     def jax_first() -> float:
         loss = make_loss()
         start = time.perf_counter()
-        jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(values, data))
+        jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(values, *args))
         return time.perf_counter() - start
 
     samples: dict[str, list[float]] = {"fx.backward": [], "jax": []}
@@ -503,9 +536,8 @@ def _first_backward_row(count: int, settings: Settings) -> Row:
     times = medians(samples)
     ratio = times["fx.backward"] / times["jax"]
     return Row(
-        case=f"compile, {count} tensors: first fx.backward (packed, 100 floats each)", unit="s",
-        lucid_fx=times["fx.backward"],
-        notes=f"{ratio:.2f}× jax.jit(jax.value_and_grad) over a list ({times['jax']:.3g} s)",
+        case=case, unit="s", lucid_fx=times["fx.backward"],
+        notes=f"{ratio:.2f}× jax.jit(jax.value_and_grad) {plain} ({times['jax']:.3g} s)",
         extra={"samples_s": samples["fx.backward"], "jax_value_and_grad_samples_s": samples["jax"],
                "over_jax_value_and_grad": ratio},
     )

@@ -24,7 +24,7 @@ import numpy as np
 
 from lucid_fx.base import PyTree
 from lucid_fx.naming import dotted_name
-from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
+from lucid_fx.packing import PackLayout, ParamPack, pack, traced_offsets, unpack
 from lucid_fx.parameter import Parameter
 from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
@@ -80,7 +80,7 @@ def _descent_grad(g: jax.Array) -> jax.Array:
     return jnp.conj(g) if jnp.iscomplexobj(g) else g
 
 
-@jax.jit(static_argnums=(0, 1, 2, 3, 9, 10), donate_argnums=(8,))
+@jax.jit(static_argnums=(0, 1, 2, 3, 10, 11), donate_argnums=(9,))
 def _value_and_accumulated_grad(
     loss_fn: Callable[..., jax.Array],
     treedef: Any,
@@ -88,6 +88,7 @@ def _value_and_accumulated_grad(
     pack_layouts: tuple[PackLayout, ...],
     values: list[jax.Array],
     buffers: list[jax.Array],
+    starts: list[tuple[jax.Array, ...]],
     arrays: dict[int, Any],
     old_grads: list[jax.Array | None],
     old_pack_grads: list[jax.Array | None],
@@ -99,7 +100,8 @@ def _value_and_accumulated_grad(
 
     ``layout[i]`` says what leaf ``i`` of the tree is: ``("param", k)`` the k-th
     differentiated value (tied Parameters share k), ``("packed", (j, slot))`` a
-    slot of the j-th packed buffer, ``("array", None)`` a constant in
+    slot of the j-th packed buffer (cut at ``starts[j]``, its offsets as traced
+    scalars: see :func:`~lucid_fx.packing.unpack`), ``("array", None)`` a constant in
     ``arrays[i]``, ``("static", x)`` the Python value x. ``(args, kwargs)`` are
     rebuilt from ``args_def`` with ``static_args`` at their positions. Packed Parameters are
     differentiated through their whole buffer, so their gradient comes back as
@@ -124,7 +126,7 @@ def _value_and_accumulated_grad(
 
     # Differentiate w.r.t. the unpacked views and concatenate their gradients:
     # differentiating through the slices would add one full-size buffer per slice.
-    views = [unpack(b, pl) for b, pl in zip(buffers, pack_layouts)]
+    views = [unpack(b, pl, s) for b, pl, s in zip(buffers, pack_layouts, starts)]
     loss, (grads, view_grads) = jax.value_and_grad(loss_of, argnums=(0, 1))(values, views)
     pack_grads = [pack(g, pl) for g, pl in zip(view_grads, pack_layouts)]
 
@@ -138,6 +140,11 @@ def _value_and_accumulated_grad(
         [shard_like(v, accumulate(g, old)) for v, g, old in zip(values, grads, old_grads)],
         [shard_like(b, accumulate(g, old)) for b, g, old in zip(buffers, pack_grads, old_pack_grads)],
     )
+
+
+def _device_of(buffer: jax.Array) -> jax.Device:
+    # A flat pack lives on one device (lucid_fx.packing.packable); others need no offsets.
+    return next(iter(buffer.sharding.device_set))
 
 
 def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwargs: Any) -> jax.Array:
@@ -212,6 +219,7 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
             tuple(holder.layout for holder in packs),
             [p.value for p in plain],
             [holder.buffer for holder in packs],
+            [traced_offsets(holder.layout, _device_of(holder.buffer)) for holder in packs],
             arrays,
             [p.grad for p in plain],
             [holder.folded_grad() for holder in packs],
