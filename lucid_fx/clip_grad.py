@@ -72,7 +72,7 @@ import numpy as np
 
 from lucid_fx.autodiff import Parameter
 from lucid_fx.hyperparameters import as_traced
-from lucid_fx.packing import PackLayout, ParamPack, check_grad, slot_mask
+from lucid_fx.packing import PackLayout, ParamPack, slot_mask
 from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
 from lucid_fx.validation import check_flag, check_hyperparameter
@@ -125,8 +125,7 @@ class _Gathered:
             if not counted.any():
                 continue
             # Folding writes every hand-assigned gradient of the pack into its buffer.
-            for slot, grad in holder.grad_overrides.items():
-                check_grad(holder.params[slot], grad, holder.layout, slot, caller=f"{fn}: ")
+            holder.check_grads(caller=f"{fn}: ")
             self.packs.append(holder)
             self.representatives.append(p)
             self.masks.append(None if counted.all() else counted)

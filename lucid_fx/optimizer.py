@@ -48,7 +48,7 @@ from lucid_fx.packed_step import (
     schema_of,
     split_hyperparameters,
 )
-from lucid_fx.packing import ParamPack, check_grad, make_packs
+from lucid_fx.packing import ParamPack, make_packs
 from lucid_fx.param_groups import (
     ParamGroup,
     Params,
@@ -230,8 +230,7 @@ class Optimizer:
         self._check_not_retired()
         for packs in self._packs:
             for pack in packs:
-                for slot, grad in pack.grad_overrides.items():
-                    check_grad(pack.params[slot], grad, pack.layout, slot)
+                pack.check_grads()
         factory = type(self).transform
         keys, hypers, buffers, grads, states, masks, active = [], [], [], [], [], [], []
         for group, packs in zip(self.param_groups, self._packs):

@@ -327,6 +327,18 @@ class ParamPack:
         if self.has_grad.any():
             self.set_grad_buffer(jnp.zeros(self.layout.buffer_shape, self.layout.dtype))
 
+    def check_grads(self, caller: str = "") -> None:
+        """Raises unless every gradient assigned by hand fits its slot (:func:`check_grad`).
+
+        Runs before a step and before clipping, over every hand-assigned gradient:
+        the common case costs one type and one aval check each.
+        """
+        shapes, dtype = self.layout.shapes, self.layout.dtype
+        for slot, g in self.grad_overrides.items():
+            aval = g.aval if isinstance(g, jax.Array) else None
+            if aval is None or aval.shape != shapes[slot] or aval.dtype != dtype:
+                check_grad(self.params[slot], g, self.layout, slot, caller=caller)
+
     def folded_grad(self) -> jax.Array | None:
         """The gradient buffer with hand-assigned gradients written in (cached)."""
         if self.grad_overrides:

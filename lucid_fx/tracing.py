@@ -36,6 +36,8 @@ except ImportError:  # pragma: no cover - other jax versions
         return not isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
+_Tracer = jax.core.Tracer
+
 FUNCTIONAL_HINT = (
     "stateful calls change Parameters in place, which a traced function cannot do "
     "(it would run once, while tracing, and store tracers). Call it outside the "
@@ -51,6 +53,12 @@ def check_eager(what: str, *values: Any) -> None:
     ``what`` names the call in the message (``"RMSprop.step()"``); ``values``
     are arrays about to be stored, checked for tracers that escaped a trace.
     """
-    if not _trace_state_clean() or any(isinstance(v, jax.core.Tracer) for v in values):
-        raise RuntimeError(f"{what} was called under a JAX transformation (jax.jit, grad, "
-                           f"vmap, ...) or given one of its traced values: {FUNCTIONAL_HINT}")
+    # A loop rather than any(generator): `p.grad = g` runs this once per Parameter.
+    if _trace_state_clean():
+        for v in values:
+            if isinstance(v, _Tracer):
+                break
+        else:
+            return
+    raise RuntimeError(f"{what} was called under a JAX transformation (jax.jit, grad, "
+                       f"vmap, ...) or given one of its traced values: {FUNCTIONAL_HINT}")
