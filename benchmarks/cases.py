@@ -30,6 +30,7 @@ from harness import (
     Row,
     Settings,
     contender,
+    format_value,
     hlo_stats,
     interleave,
     jax_loop,
@@ -50,6 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "centered+momentum": {"centered": True, "momentum": MOMENTUM},
 }
 TRIAD_BYTES = 12  # p - c·g in float32: read p and g, write p
+STATEFUL = "fx.RMSprop.step()"  # the large case's stateful contender, gradient by hand
 
 
 def bytes_per_element(config: dict[str, Any], param_bytes: int = 4, state_bytes: int = 4) -> int:
@@ -127,12 +129,16 @@ def large(settings: Settings) -> list[Row]:
             params, grads = _torch_tensors([p0]), _torch_tensors([g])
             contenders.append(contender("torch", _torch_loop(params, grads, config), settings))
         contenders.append(contender("triad", jax_loop(triad, (_copy(p0),), g), settings))
+        # The stateful face on the same tensor, its gradient assigned before every step.
+        contenders.append(contender(
+            STATEFUL, _stateful_loop([p0], [g], by_hand=True, config=config), settings))
         samples = interleave(contenders, settings)
         times = medians(samples)
         first_call = {c.name: c.first_call_s for c in contenders}
         ideal = bytes_per_element(config)
         triad_bw = TRIAD_BYTES * n / times["triad"]
-        eff = {lib: ideal * n / t / triad_bw for lib, t in times.items() if lib != "triad"}
+        eff = {lib: ideal * n / t / triad_bw for lib, t in times.items()
+               if lib not in ("triad", STATEFUL)}
         # The same, counting the bytes XLA's loops actually move: how close each loop
         # runs to the triad's bandwidth, whatever the loop structure.
         loop_eff = {lib: hlo[lib]["hlo_bytes_per_element"] * n / times[lib] / triad_bw
@@ -146,7 +152,9 @@ def large(settings: Settings) -> list[Row]:
                 f"{hlo['lucid_fx']['loops']} loops/leaf moving "
                 f"{hlo['lucid_fx']['hlo_bytes_per_element']:g} B/elem "
                 f"(optax {hlo['optax']['loops']}, {hlo['optax']['hlo_bytes_per_element']:g}), "
-                f"at {loop_eff['lucid_fx']:.2f} (optax {loop_eff['optax']:.2f}) of triad BW"
+                f"at {loop_eff['lucid_fx']:.2f} (optax {loop_eff['optax']:.2f}) of triad BW; "
+                f"{STATEFUL} {format_value(times[STATEFUL], 's')}: optax / it "
+                f"{times['optax'] / times[STATEFUL]:.2f}×"
             ),
             extra={"elements": n, "ideal_bytes_per_element": ideal, "triad_s": times["triad"],
                    "triad_bytes_per_s": triad_bw, "efficiency": eff, "hlo": hlo,
@@ -346,11 +354,12 @@ def _tree_case(
 
 
 def _stateful_loop(
-    params: list[jax.Array], grads: list[jax.Array], *, by_hand: bool
+    params: list[jax.Array], grads: list[jax.Array], *, by_hand: bool,
+    config: dict[str, Any] | None = None,
 ) -> Callable[[int], None]:
     """``fx.RMSprop.step()``, with gradients from ``fx.backward`` or written into ``.grad``."""
     model = [fx.Parameter(p) for p in params]
-    optimizer = fx.RMSprop(model, lr=LR, alpha=ALPHA, eps=EPS)
+    optimizer = fx.RMSprop(model, lr=LR, alpha=ALPHA, eps=EPS, **(config or {}))
     if not by_hand:
         # d/dw Σ <w, c> = c: backward leaves exactly `grads` in each .grad.
         fx.backward(lambda m, cs: sum(jnp.vdot(w, c) for w, c in zip(m, cs)), model, grads)
