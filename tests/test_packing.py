@@ -1,4 +1,4 @@
-"""lucid_fx.packing: layouts, the per-parameter scalars of a packed buffer, its ownership.
+"""lucid_fx.packing: the per-parameter scalars of a packed buffer, and its slots.
 
 The expansions are checked against NumPy's own ``np.repeat`` over random layouts, and
 the compiled expansion against what made a ResNet-50's first step take 10 s to compile:
@@ -7,32 +7,49 @@ an index built by a cumulative sum, which XLA folded element by element.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lucid_fx.packing import PackLayout, per_array, per_element, slot_mask
+from lucid_fx.packing import PackLayout, per_array, per_element, slot_mask, traced_offsets, unpack
 
 shapes = st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
                   min_size=1, max_size=12)
 
 
+@settings(max_examples=10)  # each layout compiles a program
 @given(shapes)
-def test_per_element_and_per_array_are_repeat_and_its_inverse(layout_shapes: list[tuple[int, ...]]) -> None:
+def test_per_element_per_array_and_unpack_agree_with_numpy(
+    layout_shapes: list[tuple[int, ...]],
+) -> None:
     layout = PackLayout(layout_shapes, np.float32)
-    values = np.arange(1, len(layout) + 1, dtype=np.int32) * 10
     sizes = [int(np.prod(s)) for s in layout_shapes]
-    spread = per_element(jnp.asarray(values), layout)
+    values = np.arange(1, len(layout) + 1, dtype=np.int32) * 10
+    mask = values % 20 == 0
+    buffer = np.arange(layout.total, dtype=np.float32)
+
+    @jax.jit
+    def expand(values: jax.Array, mask: jax.Array, buffer: jax.Array, starts: Any) -> Any:
+        spread = per_element(values, layout)
+        return (spread, per_array(spread, layout), slot_mask(mask, layout),
+                unpack(buffer, layout), unpack(buffer, layout, starts))
+
+    spread, back, spread_mask, cut, cut_at = expand(
+        values, mask, buffer, traced_offsets(layout, jax.devices()[0]))
     if len(layout) == 1:
         assert spread.shape == () and int(spread) == values[0]
     else:
         np.testing.assert_array_equal(spread, np.repeat(values, sizes))
-    np.testing.assert_array_equal(per_array(spread, layout), values)
-    mask = values % 20 == 0
-    np.testing.assert_array_equal(slot_mask(jnp.asarray(mask), layout),
-                                  np.broadcast_to(np.repeat(mask, sizes), (layout.total,)))
+    np.testing.assert_array_equal(back, values)
+    np.testing.assert_array_equal(spread_mask, np.repeat(mask, sizes))
+    pieces = np.split(buffer, np.cumsum(sizes)[:-1])
+    for piece, a, b, shape in zip(pieces, cut, cut_at, layout_shapes):
+        np.testing.assert_array_equal(a, piece.reshape(shape))
+        np.testing.assert_array_equal(b, piece.reshape(shape))
 
 
 def test_the_expansion_compiles_to_a_gather_without_a_cumulative_sum() -> None:
@@ -42,3 +59,13 @@ def test_the_expansion_compiles_to_a_gather_without_a_cumulative_sum() -> None:
         jnp.zeros(len(layout), jnp.int32)).as_text()
     assert "gather" in program
     assert "reduce_window" not in program and "cumsum" not in program
+
+
+def test_traced_offsets_are_made_once_per_layout_and_device() -> None:
+    layout = PackLayout([(2, 3), (4,), ()], np.float32)
+    device = jax.devices()[0]
+    offsets = traced_offsets(layout, device)
+    assert [int(o) for o in offsets] == [0, 6, 10]
+    assert all(o.dtype == np.int32 and o.devices() == {device} for o in offsets)
+    assert traced_offsets(PackLayout([(2, 3), (4,), ()], np.float32), device) is offsets
+    assert traced_offsets(PackLayout([(5,)], np.float32, flat=False), device) == ()
