@@ -508,15 +508,18 @@ def _first_backward_rows(count: int, settings: Settings) -> list[Row]:
 
     return [
         _first_backward_row(f"compile, {count} tensors: first fx.backward (packed, 100 floats "
-                            f"each)", many, (data,), many_loss, "over a list", settings),
+                            f"each)", many, (data,), many_loss, "over a list",
+                            1 if settings.quick else 3),
+        # A third of a second each, and as noisy: more builds.
         _first_backward_row("compile, the main job's MLP (6 tensors): first fx.backward "
-                            "(packed)", mlp, batch, mlp_loss, "over a dict", settings),
+                            "(packed)", mlp, batch, mlp_loss, "over a dict",
+                            1 if settings.quick else 11),
     ]
 
 
 def _first_backward_row(
     case: str, values: Any, args: tuple[Any, ...], make_loss: Callable[[], Callable[..., Any]],
-    plain: str, settings: Settings,
+    plain: str, builds: int,
 ) -> Row:
     """One row of :func:`_first_backward_rows`: ``values`` (a pytree of arrays) become
     Parameters of one ``fx.RMSprop``, which packs them."""
@@ -538,7 +541,7 @@ def _first_backward_row(
         return time.perf_counter() - start
 
     samples: dict[str, list[float]] = {"fx.backward": [], "jax": []}
-    for rep in range(1 if settings.quick else 3):
+    for rep in range(builds):
         for label, build in sorted({"fx.backward": fx_first, "jax": jax_first}.items(),
                                    reverse=bool(rep % 2)):
             samples[label].append(build())
