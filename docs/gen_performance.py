@@ -130,12 +130,12 @@ def findings(rows: list[Row]) -> list[str]:
         where = [("on the main job's MLP" if "main job" in r["case"]
                   else "over " + r["case"].split(":")[0].removeprefix("compile, ")) for r in first]
         out.append(
-            "- **The first `fx.backward`** (trace, compile and run, its Parameters packed) takes "
-            + " and ".join(f"{r['extra']['over_jax_value_and_grad']:.2f}× {w}"
-                           for r, w in zip(first, where))
-            + " the time of `jax.jit(jax.value_and_grad)` of the same loss over plain arrays. "
-            "Each packed slot is cut at an offset passed as data, so XLA compiles one kernel per "
-            "shape rather than one per slot."
+            "- **The first `fx.backward`** (trace, compile and run, its Parameters packed), as a "
+            "multiple of `jax.jit(jax.value_and_grad)` of the same loss over plain arrays: "
+            + ", ".join(f"{r['extra']['over_jax_value_and_grad']:.2f}× {w}"
+                        for r, w in zip(first, where))
+            + ". Each packed slot is cut at an offset passed as data, so XLA compiles one kernel "
+            "per shape rather than one per slot."
         )
     tree = row("1000 x 100: fx.rmsprop jitted tree step")
     flat = row("1000 x 100: FlatLayout")
