@@ -151,13 +151,8 @@ def per_element(values: jax.Array, layout: PackLayout) -> jax.Array:
     # A gather by each element's array index, made here with NumPy: jnp.repeat would
     # build the same index with a cumulative sum that XLA then folds at compile time,
     # element by element (10 s for a ResNet-50's small parameters).
-    return values[_array_index(layout)]
-
-
-@functools.lru_cache(maxsize=64)
-def _array_index(layout: PackLayout) -> np.ndarray:
-    """Element -> the index of its array in ``layout``, one int32 per element."""
-    return np.repeat(np.arange(len(layout), dtype=np.int32), layout.sizes)
+    # Not cached: as large as the buffer, and needed only to trace a step or start new slots.
+    return values[np.repeat(np.arange(len(layout), dtype=np.int32), layout.sizes)]
 
 
 def per_array(values: jax.Array, layout: PackLayout) -> jax.Array:
