@@ -24,7 +24,7 @@ import numpy as np
 
 from lucid_fx.base import PyTree
 from lucid_fx.naming import dotted_name
-from lucid_fx.packing import PackLayout, ParamPack, pack, traced_offsets, unpack
+from lucid_fx.packing import PackLayout, ParamPack, pack, unpack
 from lucid_fx.parameter import Parameter
 from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
@@ -101,7 +101,7 @@ def _value_and_accumulated_grad(
     ``layout[i]`` says what leaf ``i`` of the tree is: ``("param", k)`` the k-th
     differentiated value (tied Parameters share k), ``("packed", (j, slot))`` a
     slot of the j-th packed buffer (cut at ``starts[j]``, its offsets as traced
-    scalars: see :func:`~lucid_fx.packing.unpack`), ``("array", None)`` a constant in
+    scalars: :meth:`~lucid_fx.packing.ParamPack.starts`), ``("array", None)`` a constant in
     ``arrays[i]``, ``("static", x)`` the Python value x. ``(args, kwargs)`` are
     rebuilt from ``args_def`` with ``static_args`` at their positions. Packed Parameters are
     differentiated through their whole buffer, so their gradient comes back as
@@ -140,11 +140,6 @@ def _value_and_accumulated_grad(
         [shard_like(v, accumulate(g, old)) for v, g, old in zip(values, grads, old_grads)],
         [shard_like(b, accumulate(g, old)) for b, g, old in zip(buffers, pack_grads, old_pack_grads)],
     )
-
-
-def _device_of(buffer: jax.Array) -> jax.Device:
-    # A flat pack lives on one device (lucid_fx.packing.packable); others need no offsets.
-    return next(iter(buffer.sharding.device_set))
 
 
 def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwargs: Any) -> jax.Array:
@@ -219,7 +214,7 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
             tuple(holder.layout for holder in packs),
             [p.value for p in plain],
             [holder.buffer for holder in packs],
-            [traced_offsets(holder.layout, _device_of(holder.buffer)) for holder in packs],
+            [holder.starts() for holder in packs],
             arrays,
             [p.grad for p in plain],
             [holder.folded_grad() for holder in packs],

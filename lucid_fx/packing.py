@@ -134,8 +134,6 @@ def traced_offsets(layout: PackLayout, device: jax.Device) -> tuple[jax.Array, .
 
     Made once per layout and device: each call's cost is then only passing them.
     """
-    if not layout.flat:
-        return ()
     return tuple(jax.device_put(np.int32(o), device) for o in layout.offsets)
 
 
@@ -321,6 +319,16 @@ class ParamPack:
         """``zero_grad(set_to_none=False)``: gradients that exist become zeros."""
         if self.has_grad.any():
             self.set_grad_buffer(jnp.zeros(self.layout.buffer_shape, self.layout.dtype))
+
+    def starts(self) -> tuple[jax.Array, ...]:
+        """The slots' offsets as traced scalars on the buffer's device, for :func:`unpack`.
+
+        Empty for an unflattened pack, whose one array needs no cutting (and may span
+        devices); a flat pack lives on one device (:func:`packable`).
+        """
+        if not self.layout.flat:
+            return ()
+        return traced_offsets(self.layout, next(iter(self.buffer.sharding.device_set)))
 
     def check_grads(self, caller: str = "") -> None:
         """Raises unless every gradient assigned by hand fits its slot (:func:`check_grad`).

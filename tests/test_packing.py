@@ -15,7 +15,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lucid_fx.packing import PackLayout, per_array, per_element, slot_mask, traced_offsets, unpack
+import lucid_fx as fx
+from lucid_fx.packing import (
+    PackLayout,
+    ParamPack,
+    per_array,
+    per_element,
+    slot_mask,
+    traced_offsets,
+    unpack,
+)
 
 shapes = st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
                   min_size=1, max_size=12)
@@ -68,4 +77,12 @@ def test_traced_offsets_are_made_once_per_layout_and_device() -> None:
     assert [int(o) for o in offsets] == [0, 6, 10]
     assert all(o.dtype == np.int32 and o.devices() == {device} for o in offsets)
     assert traced_offsets(PackLayout([(2, 3), (4,), ()], np.float32), device) is offsets
-    assert traced_offsets(PackLayout([(5,)], np.float32, flat=False), device) == ()
+
+
+def test_a_pack_gives_its_offsets_on_its_own_device_and_none_unflattened() -> None:
+    device = jax.devices()[-1]
+    params = [fx.Parameter(jax.device_put(jnp.zeros(s), device)) for s in [(2, 3), (4,)]]
+    starts = ParamPack(params).starts()
+    assert [int(o) for o in starts] == [0, 6]
+    assert all(o.devices() == {device} for o in starts)
+    assert ParamPack([fx.Parameter(jnp.zeros(5))], flat=False).starts() == ()
