@@ -61,7 +61,8 @@ def loss_fn(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Arr
     return jnp.mean((mlp(params, x) - y) ** 2)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
+    """Trains as the command line ``argv`` says; returns the final loss."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layout", choices=["fsdp", "zero1"], default="fsdp")
     parser.add_argument("--steps", type=int, default=300)
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--coordinator", help="host:port of process 0 (multi-host runs)")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts
@@ -124,6 +125,7 @@ def main() -> None:
         print(f"final loss: {float(losses[-1]):.6f} (from {float(losses[0]):.6f})")
     if args.coordinator:
         jax.distributed.shutdown()
+    return float(losses[-1])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Run as ``python _multihost_worker.py OUT_DIR PROCESS_ID NUM_PROCESSES PORT`` wit
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2``: it joins the others on
 127.0.0.1:PORT, trains a small MLP FSDP-style (parameters, optimizer state and
 batch all split over one global mesh axis) with ``fx.rmsprop`` and with
-``fx.RMSprop``, and writes what the test checks to ``OUT_DIR/process<ID>.npz``.
+``fx.RMSprop``, then ZeRO-1-style (parameters replicated, ``fx.rmsprop``'s state split
+by ``lucid_fx.sharding.zero1``), and writes what the test checks to
+``OUT_DIR/process<ID>.npz``.
 
 Imported (not run), it provides the same training on one device: the test's
 single-process reference.
@@ -47,9 +49,12 @@ def loss_fn(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Arr
     return jnp.mean((hidden @ params["w2"] + params["b2"] - y) ** 2)
 
 
-def train_functional(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
-    """``STEPS`` steps of ``fx.rmsprop``; returns (params, state)."""
-    tx = fx.rmsprop(**HYPER)
+def train_functional(
+    params: dict[str, jax.Array], x: jax.Array, y: jax.Array,
+    tx: fx.GradientTransformation | None = None,
+) -> tuple[Any, Any]:
+    """``STEPS`` steps of ``tx`` (default ``fx.rmsprop(**HYPER)``); returns (params, state)."""
+    tx = tx or fx.rmsprop(**HYPER)
 
     @jax.jit
     def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
@@ -119,6 +124,8 @@ def gathered(prefix: str, tree: dict[str, jax.Array]) -> dict[str, np.ndarray]:
 def main(out_dir: Path, process_id: int, num_processes: int, port: int) -> None:
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+    from lucid_fx.sharding import bytes_per_device, zero1
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     address = f"127.0.0.1:{port}"
     jax.distributed.initialize(
@@ -133,9 +140,9 @@ def main(out_dir: Path, process_id: int, num_processes: int, port: int) -> None:
     mesh = jax.make_mesh((jax.device_count(),), ("fsdp",), axis_types=(AxisType.Auto,))
     split = NamedSharding(mesh, PartitionSpec("fsdp"))  # first dimension over all devices
 
-    def global_array(host: np.ndarray) -> jax.Array:
+    def global_array(host: np.ndarray, sharding: NamedSharding = split) -> jax.Array:
         # Each process supplies only the shards its own devices hold.
-        return jax.make_array_from_callback(host.shape, split, lambda index: host[index])
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     params0, x, y = problem()
     params = {k: global_array(v) for k, v in params0.items()}
@@ -159,6 +166,16 @@ def main(out_dir: Path, process_id: int, num_processes: int, port: int) -> None:
         results.update(state_dict_round_trip(model, optimizer, x, y))
     except Exception as error:  # noqa: BLE001 - reported by the test of the round trip
         results["state_dict_error"] = np.asarray(f"{type(error).__name__}: {error}")
+
+    # Last: its replicated parameters are whole copies, which the checks above count.
+    replicated = {k: global_array(v, NamedSharding(mesh, PartitionSpec()))
+                  for k, v in params0.items()}
+    zero1_trained, zero1_state = train_functional(
+        replicated, x, y, zero1(fx.rmsprop(**HYPER), mesh, axis="fsdp"))
+    results["zero1/state_bytes"] = np.asarray(
+        [max(bytes_per_device(zero1_state).values()),
+         sum(leaf.nbytes for leaf in jax.tree.leaves(zero1_state))])
+    results.update(gathered("zero1", zero1_trained))
     np.savez(out_dir / f"process{process_id}.npz", **results)
     jax.distributed.shutdown()
 

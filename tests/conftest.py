@@ -11,12 +11,14 @@ own (a restart, several hosts, a compiler dump); they get the caller's environme
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ if "jax" not in sys.modules:  # else the backend may have started: eight_devices
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}".strip()
 
 TESTS_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = TESTS_DIR.parent / "examples"
 
 # Few, deterministic examples: the machine is small and shared; failures must replay.
 settings.register_profile(
@@ -72,6 +75,21 @@ def run_python_json(code: str, env: Mapping[str, str] | None = None, timeout: fl
 def run_python() -> RunPython:
     """The :func:`run_python_json` runner, as a fixture."""
     return run_python_json
+
+
+def _load_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` as a module (its ``main(argv)`` runs it as its command line does)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_example() -> Callable[[str], ModuleType]:
+    """Loads an example by name, so that a test runs its ``main(argv)`` in this process."""
+    return _load_example
 
 
 @pytest.fixture(scope="session")

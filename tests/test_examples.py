@@ -8,8 +8,8 @@ its returns mean what CartPole returns mean.
 
 from __future__ import annotations
 
-import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -20,14 +20,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The JAX CartPole runs in float32; gymnasium in float64.
 TOL_CARTPOLE_F32 = 1e-5
-
-
-def _load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _number_after(label: str, text: str) -> float:
@@ -42,9 +34,9 @@ def _assert_png(path: Path) -> None:
 
 
 def test_quickstart_fits_the_diabetes_data_as_least_squares_does(
-    capsys: pytest.CaptureFixture[str],
+    load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    r2 = _load_example("quickstart").main(["--steps", "300"])
+    r2 = load_example("quickstart").main(["--steps", "300"])
     out = capsys.readouterr().out
     assert _number_after("final R^2:", out) == pytest.approx(r2, abs=5e-4)
     # The exact least-squares fit of the standardised data: the optimum R² can reach.
@@ -59,9 +51,9 @@ def test_quickstart_fits_the_diabetes_data_as_least_squares_does(
 
 
 def test_train_digits_smoke_prints_accuracy_and_writes_curves(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    load_example: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    accuracy = _load_example("train_digits").main(["--smoke", "--out", str(tmp_path)])
+    accuracy = load_example("train_digits").main(["--smoke", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert re.search(r"^test accuracy: \d{1,3}\.\d%$", out, re.MULTILINE)
     assert _number_after("test accuracy:", out) == pytest.approx(100 * float(accuracy), abs=0.05)
@@ -112,9 +104,9 @@ def _random_policy_mean_return(cartpole: ModuleType, episodes: int = 200) -> flo
 
 
 def test_rl_cartpole_smoke_learns_and_writes_curve(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    load_example: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cartpole = _load_example("rl_cartpole")
+    cartpole = load_example("rl_cartpole")
     mean_return = cartpole.main(["--smoke", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert _number_after("mean return (last 100 episodes):", out) == pytest.approx(
@@ -128,9 +120,9 @@ def test_rl_cartpole_smoke_learns_and_writes_curve(
 
 @pytest.mark.parametrize("name", ["flax_nnx", "equinox_mlp"])
 def test_framework_example_smoke_lowers_the_loss(
-    name: str, capsys: pytest.CaptureFixture[str],
+    load_example: Callable[[str], ModuleType], name: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    final = _load_example(name).main(["--smoke"])
+    final = load_example(name).main(["--smoke"])
     out = capsys.readouterr().out
     match = re.search(r"^final loss: ([0-9.]+) \(from ([0-9.]+)\)$", out, re.MULTILINE)
     assert match, out
@@ -138,13 +130,15 @@ def test_framework_example_smoke_lowers_the_loss(
     assert float(match.group(1)) < 0.5 * float(match.group(2))
 
 
-def test_jax_cartpole_matches_gymnasium_cartpole_v1_step_for_step() -> None:
+def test_jax_cartpole_matches_gymnasium_cartpole_v1_step_for_step(
+    load_example: Callable[[str], ModuleType],
+) -> None:
     gymnasium = pytest.importorskip(
         "gymnasium", reason="the reference CartPole-v1 is gymnasium's; install gymnasium to compare"
     )
     import jax
 
-    cartpole = _load_example("rl_cartpole")
+    cartpole = load_example("rl_cartpole")
     env = gymnasium.make("CartPole-v1").unwrapped
     env_step = jax.jit(cartpole.env_step)
     rng = np.random.default_rng(0)
@@ -168,10 +162,12 @@ def test_jax_cartpole_matches_gymnasium_cartpole_v1_step_for_step() -> None:
     assert cartpole.SOLVED == gymnasium.spec("CartPole-v1").reward_threshold
 
 
-def test_jax_cartpole_reset_draws_gymnasium_start_range() -> None:
+def test_jax_cartpole_reset_draws_gymnasium_start_range(
+    load_example: Callable[[str], ModuleType],
+) -> None:
     import jax
 
-    cartpole = _load_example("rl_cartpole")
+    cartpole = load_example("rl_cartpole")
     starts = np.asarray(jax.vmap(cartpole.env_reset)(jax.random.split(jax.random.PRNGKey(0), 2000)))
     assert starts.shape == (2000, 4)
     assert starts.min() >= -0.05 and starts.max() < 0.05
