@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given
+from optimizers_under_test import leaves64, tree_error
 from reference import RTOL_F32, RTOL_F64, max_rel_error, reference_run
 
 import lucid_fx as fx
@@ -125,26 +126,6 @@ def make_tree(rng: np.random.Generator, dtype: Any) -> dict[str, Any]:
         return np.asarray(x).astype(dtype)
 
     return {"dense": {"w": leaf(3, 4)}, "blocks": [leaf(5), (leaf(), leaf(2, 0))]}
-
-
-def leaves64(tree: Any) -> list[np.ndarray]:
-    """The leaves of ``tree`` as float64/complex128 NumPy arrays, in pytree order."""
-
-    def widen(x: Any) -> np.ndarray:
-        x = np.asarray(x)
-        return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
-
-    return [widen(x) for x in jax.tree.leaves(tree)]
-
-
-def tree_error(actual: Any, expected: list[np.ndarray] | None) -> float:
-    """Largest max_rel_error over matching leaves; both ``None`` counts as 0."""
-    if expected is None:
-        assert actual is None, "a buffer exists that the reference does not have"
-        return 0.0
-    actual_leaves = leaves64(actual)
-    assert len(actual_leaves) == len(expected)
-    return max([max_rel_error(a, e) for a, e in zip(actual_leaves, expected)], default=0.0)
 
 
 def run_parity(
