@@ -54,7 +54,7 @@ def train_functional(
     tx: fx.GradientTransformation | None = None,
 ) -> tuple[Any, Any]:
     """``STEPS`` steps of ``tx`` (default ``fx.rmsprop(**HYPER)``); returns (params, state)."""
-    tx = tx or fx.rmsprop(**HYPER)
+    tx = fx.rmsprop(**HYPER) if tx is None else tx
 
     @jax.jit
     def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:

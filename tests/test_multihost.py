@@ -249,7 +249,7 @@ def test_example_on_two_hosts_learns_as_on_one_device(
     child_env: dict[str, str],
 ) -> None:
     outputs = _run_processes(lambda i, port: [
-        str(EXAMPLE), "--coordinator", f"127.0.0.1:{port}",
+        str(EXAMPLE), "--layout", "fsdp", "--coordinator", f"127.0.0.1:{port}",
         "--num-processes", str(PROCESSES), "--process-id", str(i)], tmp_path, child_env)
     devices, held, total, final, first = _example_report(outputs[0])  # process 0 reports
     assert devices == 2 * PROCESSES
