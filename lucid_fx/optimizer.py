@@ -225,8 +225,10 @@ class Optimizer:
                 f"created later over the same Parameters; step that one instead"
             )
 
-    def _apply_step(self) -> None:
-        # Everything is checked before anything changes: a failed step leaves no trace.
+    def _step_call(self) -> tuple[list[list[ParamPack]], str, tuple[Any, ...]] | None:
+        """What one step calls: the packs that step per group, their platform and the
+        arguments of :func:`compiled_step`; ``None`` when no Parameter has a gradient.
+        Checks everything first and changes nothing."""
         self._check_not_retired()
         for packs in self._packs:
             for pack in packs:
@@ -246,15 +248,25 @@ class Optimizer:
             masks.append([None if pack.has_grad.all() else pack.has_grad.copy() for pack in stepping])
             active.append(stepping)
         if not any(active):
+            return None
+        first = next(b for bs in buffers for b in bs)
+        device: jax.Device = next(iter(first.sharding.device_set))
+        return active, device.platform, (factory, tuple(keys), self.skip_flag, hypers, buffers, grads,
+                                  states, masks)
+
+    def _apply_step(self) -> None:
+        # Everything is checked before anything changes: a failed step leaves no trace.
+        call = self._step_call()
+        if call is None:
             return
+        active, platform, args = call
+        buffers = args[4]
         if any(len(b.sharding.device_set) > 1 for bufs in buffers for b in bufs):
             # Over a mesh, let at most this step and the one before it be queued:
             # an unbounded queue of steps holding collectives can deadlock
             # (lucid_fx.dispatch). The previous step's outputs are these inputs.
             wait_for(buffers)
-        new_buffers, new_states = compiled_step(
-            factory, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks
-        )
+        new_buffers, new_states = compiled_step(platform)(*args)
         for stepping, group_buffers, group_states in zip(active, new_buffers, new_states):
             for pack, buffer, state in zip(stepping, group_buffers, group_states):
                 pack.set_buffer(buffer)

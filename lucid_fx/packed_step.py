@@ -2,7 +2,8 @@
 
 ``fx.Optimizer.step`` is one call of :func:`compiled_step`: every group and
 every pack (:mod:`lucid_fx.packing`) of the optimizer, stepped by the
-transform's ``update`` inside one jitted, donated function. A pack is one
+transform's ``update`` inside one jitted, donated function (one per platform:
+on CPU it is compiled with :data:`CPU_COMPILER_OPTIONS`). A pack is one
 buffer to the transform; its per-parameter scalars (a step count) are a vector
 with one entry per Parameter, spread over the buffer's elements for the math
 and read back after.
@@ -171,8 +172,7 @@ def complete_state(
     return state_type(factory)(**fields)
 
 
-@jax.jit(static_argnums=(0, 1, 2), donate_argnums=(4, 6))
-def compiled_step(
+def _step(
     factory: Factory,
     keys: tuple[tuple[StaticKey, tuple[tuple[PackLayout, bool], ...]], ...],
     skip_flag: str | None,
@@ -233,3 +233,27 @@ def compiled_step(
         new_buffers.append(group_buffers)
         new_states.append(group_states)
     return new_buffers, new_states
+
+
+# XLA:CPU keeps a defensive copy of a donated buffer when one output's loop overwrites
+# it while another output's loop still reads it (ASGD's θ, read by the average; Rprop's
+# step sizes and previous gradient); its region analysis proves an order that needs no
+# copy. One 16M-float Parameter on 2 cores: fx.ASGD's step 45 -> 14 ms, fx.Rprop's
+# 83 -> 55 ms; the other optimizers compile to the same loops and bytes as without it.
+CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+cpu_step = jax.jit(_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6),
+                   compiler_options=CPU_COMPILER_OPTIONS)
+accelerator_step = jax.jit(_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6))
+
+
+def compiled_step(platform: str) -> Callable[..., Any]:
+    """The jitted, donated step for buffers on ``platform``'s devices (``"cpu"``, ``"gpu"``, …).
+
+    :data:`cpu_step`, compiled with :data:`CPU_COMPILER_OPTIONS`, on CPU;
+    :data:`accelerator_step`, with XLA's defaults, elsewhere. Their arguments are
+    ``(factory, keys, skip_flag, hypers, buffers, grads, states, masks)``; the
+    buffers and states are donated.
+    """
+    return cpu_step if platform == "cpu" else accelerator_step

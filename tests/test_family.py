@@ -55,6 +55,7 @@ from reference import max_rel_error
 
 import lucid_fx as fx
 from lucid_fx import state_schema as schema
+from lucid_fx.packed_step import CPU_COMPILER_OPTIONS, compiled_step
 
 
 def _torch() -> Any:
@@ -538,6 +539,64 @@ def test_torch_state_dicts_load_and_export_and_the_run_continues_as_torchs(name:
             if key in back.state[q]:
                 expected = back.state[q][key].numpy() * row.torch_scale(key, config)
                 assert max_rel_error(our_opt.state[p][key], expected) <= RTOL_TORCH_F32, key
+
+
+COPY_ELEMENTS = 5003  # one Parameter, an odd size: a buffer no other array has
+
+
+def _donated_copies(name: str, platform: str) -> int:
+    """Copies of the parameter-sized buffer in the richest configuration's second step
+    (every state buffer exists), compiled as ``compiled_step(platform)`` compiles it,
+    for this process's CPU."""
+    row = ROWS[name]
+    p = fx.Parameter(jnp.linspace(-1, 1, COPY_ELEMENTS, dtype=jnp.float32))
+    opt = row.stateful([p], **row.grid[row.richest])
+    p.grad = jnp.linspace(1, -0.5, COPY_ELEMENTS, dtype=jnp.float32)
+    opt.step()
+    p.grad = jnp.linspace(-0.5, 1, COPY_ELEMENTS, dtype=jnp.float32)
+    call = opt._step_call()
+    assert call is not None and call[1] == "cpu"
+    hlo = compiled_step(platform).lower(*call[2]).compile().as_text()
+    return len(re.findall(rf"= f32\[{COPY_ELEMENTS}\]\{{0\}} copy\(", hlo))
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_the_cpu_step_copies_no_donated_buffer(name: str) -> None:
+    """A copy of a donated buffer costs a pass over it per step (ASGD's step took 3x as
+    long with one): XLA:CPU inserts one where an output overwrites a buffer that another
+    output's loop reads, unless its region analysis (packed_step.CPU_COMPILER_OPTIONS)
+    proves an order without it. Row.cpu_step_copies names the copies that remain."""
+    assert _donated_copies(name, "cpu") == ROWS[name].cpu_step_copies
+
+
+def test_without_the_cpu_options_asgd_copies_its_parameter() -> None:
+    # The program other platforms get (XLA's default options), compiled for this CPU:
+    # the copy the options remove, so the test above can see one.
+    assert _donated_copies("asgd", "gpu") == 1
+
+
+@pytest.mark.parametrize("name", ["asgd", "rprop"])
+def test_the_cpu_options_change_copies_not_numbers(name: str) -> None:
+    """The rows whose programs the options change: the same bits with and without them."""
+    row = ROWS[name]
+    tx = row.factory(**row.grid[row.richest])
+    rng = np.random.default_rng(3)
+    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
+    grads = [make_tree(rng, np.float32) for _ in range(5)]
+
+    def step(params: Any, state: Any, g: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(g, state, params)
+        return fx.apply_updates(params, updates), state
+
+    finals = []
+    for options in (None, CPU_COMPILER_OPTIONS):
+        jitted = jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
+        params = jax.tree.map(jnp.copy, params0)
+        state = tx.init(params)
+        for g in grads:
+            params, state = jitted(params, state, g)
+        finals.append((params, state))
+    chex.assert_trees_all_equal(*finals)
 
 
 NEVER_NEGATIVE = [(name, key, what) for name, row in ROWS.items() if row.stateful is not None

@@ -361,14 +361,14 @@ def test_a_scheduled_run_compiles_its_step_once(kind: str) -> None:
     else:
         optimizer = fx.Adam([p], lr=0.01)
         scheduler = F.OneCycleLR(optimizer, 0.01, total_steps=100)  # cycles betas[0]
-    before = packed_step.compiled_step._cache_size()
+    before = packed_step.compiled_step("cpu")._cache_size()
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
         p.grad = jnp.ones(shape)
         optimizer.step()
         scheduler.step()
-    assert packed_step.compiled_step._cache_size() - before == 1
+    assert packed_step.compiled_step("cpu")._cache_size() - before == 1
     assert sum(a != b for a, b in itertools.pairwise(lrs)) == 99  # a new lr at every step
     if kind == "sgd":
         # Each step used its scheduled lr: plain SGD on g = 1 moves θ by -Σ lr_t (float32

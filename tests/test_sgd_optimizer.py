@@ -120,13 +120,13 @@ def test_writing_lr_and_momentum_does_not_recompile() -> None:
     for p, g in zip(params, _grads(0)):
         p.grad = jnp.asarray(g)
     opt.step()
-    before = packed_step.compiled_step._cache_size()
+    before = packed_step.compiled_step("cpu")._cache_size()
     for lr, momentum in ((0.05, 0.8), (0.01, 0.5)):
         opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"] = lr, momentum
         for p, g in zip(params, _grads(2)):
             p.grad = jnp.asarray(g)
         opt.step()
-    assert packed_step.compiled_step._cache_size() == before
+    assert packed_step.compiled_step("cpu")._cache_size() == before
 
 
 @pytest.mark.parametrize(
