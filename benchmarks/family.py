@@ -3,8 +3,10 @@
 Two rows per optimizer:
 
 - the functional step (jitted, donated) on one large float32 tensor, against
-  optax's transform for the same algorithm and torch's single-tensor step (and,
-  for Adam and AdamW, torch's ``fused=True`` CPU kernel, in the notes);
+  optax's transform for the same algorithm and torch's single-tensor step; in the
+  notes, for Adam and AdamW torch's ``fused=True`` CPU kernel, on CPU the same jitted
+  step compiled with ``lucid_fx.packed_step.CPU_COMPILER_OPTIONS``, and the stateful
+  ``step()`` over the same tensor (which compiles with those options on CPU);
 - the stateful ``step()`` over many small tensors with gradients assigned by hand,
   against optax's jitted tree step and torch's ``foreach=True`` step.
 
@@ -29,6 +31,9 @@ import optax
 from harness import Row, Settings, contender, interleave, jax_loop, medians, torch, transform_step
 
 import lucid_fx as fx
+from lucid_fx.packed_step import CPU_COMPILER_OPTIONS
+
+WITH_CPU_OPTIONS = "lucid_fx (CPU_COMPILER_OPTIONS)"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,11 @@ def family(settings: Settings) -> list[Row]:
         tx = getattr(fx, member.name)(**member.kwargs)
         runs = {"lucid_fx": jax_loop(transform_step(tx, fx.apply_updates),
                                      (_copy(p0), tx.init(p0)), g0)}
+        if jax.default_backend() == "cpu":
+            runs[WITH_CPU_OPTIONS] = jax_loop(
+                transform_step(tx, fx.apply_updates, CPU_COMPILER_OPTIONS),
+                (_copy(p0), tx.init(p0)), g0)
+        runs[f"fx.{member.stateful}.step()"] = _stateful_run(member, [_copy(p0)], [g0])
         if member.optax is not None:
             otx = member.optax()
             runs["optax"] = jax_loop(transform_step(otx, optax.apply_updates),
@@ -140,8 +150,12 @@ def family(settings: Settings) -> list[Row]:
                 runs["torch fused"] = _torch_run(member, _torch_tensors([p0]),
                                                  _torch_tensors([g0]), fused=True)
         times = _time(runs, settings)
-        fused = times.get("torch fused")
-        notes = f"torch fused=True takes {fused / times['lucid_fx']:.2f}× ours" if fused else ""
+        notes = "; ".join(
+            f"{label} takes {times[key] / times['lucid_fx']:.2f}× ours"
+            for key, label in (("torch fused", "torch fused=True"),
+                               (WITH_CPU_OPTIONS, "jitted with CPU_COMPILER_OPTIONS"),
+                               (f"fx.{member.stateful}.step()", f"fx.{member.stateful}.step()"))
+            if key in times)
         rows.append(Row(
             case=f"{n // 2**20}M f32, fx.{member.name} jitted step", unit="s",
             lucid_fx=times["lucid_fx"], optax=times.get("optax"), torch=times.get("torch"),

@@ -103,14 +103,18 @@ def jax_loop(step: Callable[..., Any], carry: tuple[Any, ...], *args: Any) -> Ca
     return run
 
 
-def transform_step(tx: Any, apply_updates: Callable[[Any, Any], Any]) -> jax.stages.Wrapped:
-    """The jitted, donated training step ``(params, state, grads) -> (params, state)``."""
+def transform_step(
+    tx: Any, apply_updates: Callable[[Any, Any], Any],
+    compiler_options: dict[str, Any] | None = None,
+) -> jax.stages.Wrapped:
+    """The jitted, donated training step ``(params, state, grads) -> (params, state)``,
+    compiled with XLA's defaults or with ``compiler_options``."""
 
     def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
         updates, state = tx.update(grads, state, params)
         return apply_updates(params, updates), state
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
 def triad_step() -> jax.stages.Wrapped:

@@ -207,6 +207,30 @@ def findings(rows: list[Row]) -> list[str]:
             f"{ratios('optax_over_lucid_fx', items)} (where optax's algorithm is not torch's, "
             "the table's notes say so)."
         )
+    options_key = "lucid_fx (CPU_COMPILER_OPTIONS)"  # benchmarks/family.py: WITH_CPU_OPTIONS
+    timed = {name: r["extra"]["times_s"] for _, name, r in jitted
+             if options_key in r["extra"].get("times_s", {})}
+    if timed:
+        def over_plain(name: str, key: str) -> float:
+            return float(timed[name][key] / timed[name]["lucid_fx"])
+
+        changed = [name for name in ("asgd", "rprop") if name in timed]  # programs it changes
+        others = [over_plain(name, options_key) for name in timed if name not in changed]
+        stateful = {name: next(k for k in timed[name] if k.endswith(".step()")) for name in changed}
+        out.append(
+            "- **Donated buffers on XLA:CPU.** Jitted with `compiler_options="
+            "{\"xla_cpu_copy_insertion_use_region_analysis\": True}` (the guide's option; the "
+            "stateful face's CPU step uses it), the step takes "
+            + ", ".join(f"{over_plain(name, options_key):.2f}× its plain time for {name}"
+                        for name in changed)
+            + f" (XLA drops a copy of a donated buffer), and {span(others, lambda v: f'{v:.2f}×')} "
+            "for the others, "
+            "whose programs it leaves unchanged. The stateful `step()` over the same tensor "
+            "takes "
+            + ", ".join(f"{over_plain(name, key):.2f}× the plain jitted step for {name}"
+                        for name, key in stateful.items())
+            + "."
+        )
     stepped = [(m.group(1), r) for r in rows
                if (m := re.fullmatch(r".* f32, fx\.(\w+)\.step\(\) \(grads by hand\)", r["case"]))]
     if stepped:
