@@ -224,8 +224,8 @@ def findings(rows: list[Row]) -> list[str]:
             + ", ".join(f"{over_plain(name, options_key):.2f}× its plain time for {name}"
                         for name in changed)
             + f" (XLA drops a copy of a donated buffer), and {span(others, lambda v: f'{v:.2f}×')} "
-            "for the others, "
-            "whose programs it leaves unchanged. The stateful `step()` over the same tensor "
+            "for the others, whose compiled programs are the same with and without it (that "
+            "spread is this run's noise). The stateful `step()` over the same tensor "
             "takes "
             + ", ".join(f"{over_plain(name, key):.2f}× the plain jitted step for {name}"
                         for name, key in stateful.items())
