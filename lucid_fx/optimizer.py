@@ -251,8 +251,8 @@ class Optimizer:
             return None
         first = next(b for bs in buffers for b in bs)
         device: jax.Device = next(iter(first.sharding.device_set))
-        return active, device.platform, (factory, tuple(keys), self.skip_flag, hypers, buffers, grads,
-                                  states, masks)
+        args = (factory, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks)
+        return active, device.platform, args
 
     def _apply_step(self) -> None:
         # Everything is checked before anything changes: a failed step leaves no trace.
@@ -260,7 +260,7 @@ class Optimizer:
         if call is None:
             return
         active, platform, args = call
-        buffers = args[4]
+        buffers = [[pack.buffer for pack in stepping] for stepping in active]
         if any(len(b.sharding.device_set) > 1 for bufs in buffers for b in bufs):
             # Over a mesh, let at most this step and the one before it be queued:
             # an unbounded queue of steps holding collectives can deadlock
