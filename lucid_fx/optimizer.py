@@ -43,6 +43,7 @@ from lucid_fx.optimizer_state_dict import StateDict
 from lucid_fx.packed_step import (
     PackState,
     StaticKey,
+    StepArgs,
     compiled_step,
     complete_state,
     schema_of,
@@ -225,7 +226,7 @@ class Optimizer:
                 f"created later over the same Parameters; step that one instead"
             )
 
-    def _step_call(self) -> tuple[list[list[ParamPack]], str, tuple[Any, ...]] | None:
+    def _step_call(self) -> tuple[list[list[ParamPack]], str, StepArgs] | None:
         """What one step calls: the packs that step per group, their platform and the
         arguments of :func:`compiled_step`; ``None`` when no Parameter has a gradient.
         Checks everything first and changes nothing."""
@@ -251,7 +252,7 @@ class Optimizer:
             return None
         first = next(b for bs in buffers for b in bs)
         device: jax.Device = next(iter(first.sharding.device_set))
-        args = (factory, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks)
+        args = StepArgs(factory, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks)
         return active, device.platform, args
 
     def _apply_step(self) -> None:
@@ -260,12 +261,11 @@ class Optimizer:
         if call is None:
             return
         active, platform, args = call
-        buffers = [[pack.buffer for pack in stepping] for stepping in active]
-        if any(len(b.sharding.device_set) > 1 for bufs in buffers for b in bufs):
+        if any(len(b.sharding.device_set) > 1 for bufs in args.buffers for b in bufs):
             # Over a mesh, let at most this step and the one before it be queued:
             # an unbounded queue of steps holding collectives can deadlock
             # (lucid_fx.dispatch). The previous step's outputs are these inputs.
-            wait_for(buffers)
+            wait_for(args.buffers)
         new_buffers, new_states = compiled_step(platform)(*args)
         for stepping, group_buffers, group_states in zip(active, new_buffers, new_states):
             for pack, buffer, state in zip(stepping, group_buffers, group_states):

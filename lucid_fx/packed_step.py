@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -243,6 +243,21 @@ def _step(
 CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
+class StepArgs(NamedTuple):
+    """The arguments of one call of :func:`compiled_step`'s function, by name: per group,
+    its compile key and traced hyper-parameters, and per stepping pack its buffer,
+    folded gradient, complete state and mask (``None``: every slot has a gradient)."""
+
+    factory: Factory
+    keys: tuple[tuple[StaticKey, tuple[tuple[PackLayout, bool], ...]], ...]
+    skip_flag: str | None
+    hypers: list[dict[str, Any]]
+    buffers: list[list[jax.Array]]
+    grads: list[list[jax.Array | None]]  # folded_grad(): never None for a pack that steps
+    states: list[list[PackState | None]]
+    masks: list[list[np.ndarray | None]]  # the packs' has_grad, host booleans
+
+
 cpu_step = jax.jit(_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6),
                    compiler_options=CPU_COMPILER_OPTIONS)
 accelerator_step = jax.jit(_step, static_argnums=(0, 1, 2), donate_argnums=(4, 6))
@@ -252,8 +267,7 @@ def compiled_step(platform: str) -> Callable[..., Any]:
     """The jitted, donated step for buffers on ``platform``'s devices (``"cpu"``, ``"gpu"``, …).
 
     :data:`cpu_step`, compiled with :data:`CPU_COMPILER_OPTIONS`, on CPU;
-    :data:`accelerator_step`, with XLA's defaults, elsewhere. Their arguments are
-    ``(factory, keys, skip_flag, hypers, buffers, grads, states, masks)``; the
-    buffers and states are donated.
+    :data:`accelerator_step`, with XLA's defaults, elsewhere. Their arguments are a
+    :class:`StepArgs`; the buffers and states are donated.
     """
     return cpu_step if platform == "cpu" else accelerator_step
