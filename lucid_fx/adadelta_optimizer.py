@@ -12,9 +12,9 @@ from lucid_fx.optimizer import Optimizer, Params
 class Adadelta(Optimizer):
     r"""Adadelta, with torch's stateful interface.
 
-    ``Adadelta(params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False,
-    skip_nonfinite=False, state_dtype=None)``, torch 2.13's defaults and order.
-    Per element::
+    ``Adadelta(params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0, foreach=None, *,
+    capturable=False, maximize=False, differentiable=False, skip_nonfinite=False,
+    state_dtype=None)``: torch 2.13's signature. Per element::
 
         g ← g + λ·θ;   v_t = ρ·v_{t-1} + (1-ρ)·g²
         Δx = sqrt(u_{t-1} + ε) / sqrt(v_t + ε) · g;   u_t = ρ·u_{t-1} + (1-ρ)·Δx²
@@ -41,7 +41,8 @@ class Adadelta(Optimizer):
                                        "square_avg": "an average of squares",
                                        "acc_delta": "an average of squares"})
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -49,12 +50,16 @@ class Adadelta(Optimizer):
         rho: float = 0.9,
         eps: float = 1e-6,
         weight_decay: float = 0,
+        foreach: bool | None = None,
         *,
+        capturable: bool = False,
         maximize: bool = False,
+        differentiable: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
-            params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, foreach=foreach,
+            capturable=capturable, maximize=maximize, differentiable=differentiable,
             skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
         )

@@ -12,9 +12,10 @@ from lucid_fx.optimizer import Optimizer, Params
 class Adagrad(Optimizer):
     r"""Adagrad, with torch's stateful interface.
 
-    ``Adagrad(params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-    eps=1e-10, *, maximize=False, skip_nonfinite=False, state_dtype=None)``, torch
-    2.13's defaults and order. Per element, with step t and s_0 = initial_accumulator_value::
+    ``Adagrad(params, lr=0.01, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+    eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+    skip_nonfinite=False, state_dtype=None)``: torch 2.13's signature. Per element, with
+    step t and s_0 = initial_accumulator_value::
 
         g ← g + λ·θ;   s_t = s_{t-1} + g²
         θ_t = θ_{t-1} - η/(1 + (t-1)·δ) · g / (sqrt(s_t) + ε)
@@ -44,7 +45,8 @@ class Adagrad(Optimizer):
     compiled_out_at_zero = ("weight_decay", "lr_decay")
     never_negative = MappingProxyType({"step": "a step count", "sum": "a sum of squares"})
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -53,13 +55,17 @@ class Adagrad(Optimizer):
         weight_decay: float = 0,
         initial_accumulator_value: float = 0,
         eps: float = 1e-10,
+        foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+            initial_accumulator_value=initial_accumulator_value, eps=eps, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, fused=fused,
             skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
         )

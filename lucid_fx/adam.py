@@ -268,6 +268,7 @@ def adamw(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
+    decoupled_weight_decay: bool = True,
     skip_nonfinite: bool = False,
     state_dtype: Any | None = None,
 ) -> GradientTransformation:
@@ -282,8 +283,9 @@ def adamw(
         amsgrad: v̂_t = max(v̂_{t-1}, v_t), else v̂_t = v_t
         θ_t  = θ - (η / (1-β₁^t)) · m_t / (sqrt(v̂_t) / sqrt(1-β₂^t) + ε)
 
-    Arguments are :func:`adam`'s, with torch's AdamW default ``weight_decay=1e-2``;
-    the state is :class:`AdamState`. optax's ``adamw(eps_root=0)`` is the same math.
+    Arguments are :func:`adam`'s, with torch's AdamW defaults ``weight_decay=1e-2``
+    and ``decoupled_weight_decay=True`` (torch's AdamW keeps that key in its param
+    groups, and treats a group set to False as Adam's); the state is :class:`AdamState`. optax's ``adamw(eps_root=0)`` is the same math.
 
     Example:
       >>> import jax.numpy as jnp
@@ -295,5 +297,5 @@ def adamw(
       1.9
     """
     return _adam("adamw", lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                 decoupled_weight_decay=True, skip_nonfinite=skip_nonfinite,
+                 decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite,
                  state_dtype=state_dtype)

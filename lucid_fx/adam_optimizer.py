@@ -11,10 +11,10 @@ from lucid_fx.optimizer import Optimizer, Params
 class Adam(Optimizer):
     r"""Adam, with torch's stateful interface.
 
-    ``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-    skip_nonfinite=False, state_dtype=None)``, torch 2.13's defaults and order.
-    Per element, with step t counted per parameter (as torch's ``state["step"]``)::
+    ``Adam(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, amsgrad=False,
+    *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+    decoupled_weight_decay=False, skip_nonfinite=False, state_dtype=None)``: torch 2.13's
+    signature. Per element, with step t counted per parameter (as torch's ``state["step"]``)::
 
         g ← g + λ·θ   (or, decoupled: θ ← θ·(1 - η·λ))
         m_t = β₁·m_{t-1} + (1-β₁)·g;   v_t = β₂·v_{t-1} + (1-β₂)·g²
@@ -41,7 +41,8 @@ class Adam(Optimizer):
     transform = staticmethod(adam)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -51,25 +52,31 @@ class Adam(Optimizer):
         weight_decay: float = 0,
         amsgrad: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-            skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            foreach=foreach, maximize=maximize, capturable=capturable,
+            differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )
 
 
 class AdamW(Optimizer):
     r"""AdamW, with torch's stateful interface: :class:`Adam` with decoupled weight decay.
 
-    ``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-    amsgrad=False, *, maximize=False, skip_nonfinite=False, state_dtype=None)``.
-    Per element: θ ← θ·(1 - η·λ), then Adam's step without λ in m or v. The
-    math is :func:`lucid_fx.adamw`'s.
+    ``AdamW(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01,
+    amsgrad=False, *, maximize=False, foreach=None, capturable=False, differentiable=False,
+    fused=None, skip_nonfinite=False, state_dtype=None)``. Per element: θ ← θ·(1 - η·λ),
+    then Adam's step without λ in m or v. The math is :func:`lucid_fx.adamw`'s.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -94,10 +101,16 @@ class AdamW(Optimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )

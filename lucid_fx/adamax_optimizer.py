@@ -12,9 +12,9 @@ from lucid_fx.optimizer import Optimizer, Params
 class Adamax(Optimizer):
     r"""Adamax (Adam with the infinity norm), with torch's stateful interface.
 
-    ``Adamax(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, *,
-    maximize=False, skip_nonfinite=False, state_dtype=None)``, torch 2.13's
-    defaults and order. Per element, with step t::
+    ``Adamax(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0, foreach=None,
+    *, maximize=False, differentiable=False, capturable=False, skip_nonfinite=False,
+    state_dtype=None)``: torch 2.13's signature. Per element, with step t::
 
         g ← g + λ·θ;   m_t = β₁·m_{t-1} + (1-β₁)·g;   u_t = max(β₂·u_{t-1}, |g| + ε)
         θ_t = θ_{t-1} - η/(1-β₁^t) · m_t / u_t
@@ -38,7 +38,8 @@ class Adamax(Optimizer):
     skip_flag = "skip_nonfinite"
     never_negative = MappingProxyType({"step": "a step count", "exp_inf": "a maximum of |g| + eps"})
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -46,12 +47,16 @@ class Adamax(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
+        foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+            maximize=maximize, differentiable=differentiable, capturable=capturable,
             skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
         )

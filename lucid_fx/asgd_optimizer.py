@@ -11,11 +11,11 @@ from lucid_fx.optimizer import Optimizer, Params
 class ASGD(Optimizer):
     r"""Averaged SGD, with torch's stateful interface.
 
-    ``ASGD(params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, *,
-    maximize=False, skip_nonfinite=False, state_dtype=None)``, torch 2.13's
-    defaults and order (``maximize`` is keyword-only here, as for every fx
-    optimizer). Per element, with step t, η and μ kept per parameter (torch's
-    ``state["step"]``, ``state["eta"]``, ``state["mu"]``; η_0 = lr, μ_0 = 1)::
+    ``ASGD(params, lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0,
+    foreach=None, maximize=False, differentiable=False, capturable=False, *,
+    skip_nonfinite=False, state_dtype=None)``: torch 2.13's signature. Per element, with
+    step t, η and μ kept per parameter (torch's ``state["step"]``, ``state["eta"]``,
+    ``state["mu"]``; η_0 = lr, μ_0 = 1)::
 
         g ← g + λ_wd·θ;   θ_t = θ·(1 - λ·η_{t-1}) - η_{t-1}·g
         ax_t = θ_t while μ_{t-1} = 1, else ax_{t-1} + μ_{t-1}·(θ_t - ax_{t-1})
@@ -41,7 +41,8 @@ class ASGD(Optimizer):
     transform = staticmethod(asgd)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -50,12 +51,16 @@ class ASGD(Optimizer):
         alpha: float = 0.75,
         t0: float = 1e6,
         weight_decay: float = 0,
-        *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        *,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
-            maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            foreach=foreach, maximize=maximize, differentiable=differentiable,
+            capturable=capturable, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
         )

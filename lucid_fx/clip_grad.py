@@ -73,6 +73,7 @@ import numpy as np
 from lucid_fx.autodiff import Parameter
 from lucid_fx.hyperparameters import as_traced
 from lucid_fx.packing import PackLayout, ParamPack, slot_mask
+from lucid_fx.param_groups import check_implementation_options
 from lucid_fx.placement import shard_like
 from lucid_fx.tracing import check_eager
 from lucid_fx.validation import check_flag, check_hyperparameter
@@ -306,6 +307,7 @@ def clip_grad_norm_(
     max_norm: float,
     norm_type: float | str = 2.0,
     error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
 ) -> jax.Array:
     r"""Scales the gradients of ``parameters`` so that their joint norm is at most ``max_norm``.
 
@@ -324,6 +326,8 @@ def clip_grad_norm_(
       error_if_nonfinite: raise ``RuntimeError`` (and change nothing) when the
         total norm is nan or inf; otherwise the gradients are scaled by the
         non-finite coefficient, as in torch.
+      foreach: torch's choice of kernel: None, True or False, accepted and
+        checked as torch takes it; the clipping is one compiled call whatever it says.
 
     Returns:
       The total norm before clipping, a 0-d ``jax.Array`` in the gradients'
@@ -347,6 +351,7 @@ def clip_grad_norm_(
     check_hyperparameter("max_norm", max_norm)
     order = _norm_order(norm_type)
     check_flag("error_if_nonfinite", error_if_nonfinite)
+    check_implementation_options({"foreach": foreach})
     gathered = _Gathered(fn, parameters)
     if gathered.empty:
         return jnp.zeros((), jnp.float32)
@@ -370,7 +375,9 @@ def clip_grad_norm_(
     return total
 
 
-def clip_grad_value_(parameters: Parameter | Iterable[Parameter], clip_value: float) -> None:
+def clip_grad_value_(
+    parameters: Parameter | Iterable[Parameter], clip_value: float, foreach: bool | None = None
+) -> None:
     """Clamps every gradient entry of ``parameters`` to ``[-clip_value, clip_value]``.
 
     torch's ``torch.nn.utils.clip_grad_value_``; Parameters whose ``.grad`` is
@@ -380,6 +387,7 @@ def clip_grad_value_(parameters: Parameter | Iterable[Parameter], clip_value: fl
       parameters: an :class:`~lucid_fx.Parameter` or an iterable of them.
       clip_value: the bound, a number >= 0 (``inf``: no change). Gradients must
         be real: a complex one raises ``TypeError`` before anything changes.
+      foreach: as :func:`clip_grad_norm_`'s: accepted, checked, and changes nothing.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
@@ -392,6 +400,7 @@ def clip_grad_value_(parameters: Parameter | Iterable[Parameter], clip_value: fl
     fn = "clip_grad_value_"
     check_eager(fn)
     check_hyperparameter("clip_value", clip_value)
+    check_implementation_options({"foreach": foreach})
     gathered = _Gathered(fn, parameters)
     for holder, p in zip(gathered.packs, gathered.representatives):
         if jnp.issubdtype(holder.layout.dtype, jnp.complexfloating):

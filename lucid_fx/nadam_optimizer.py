@@ -11,11 +11,11 @@ from lucid_fx.optimizer import Optimizer, Params
 class NAdam(Optimizer):
     r"""NAdam (Adam with Nesterov momentum), with torch's stateful interface.
 
-    ``NAdam(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
-    skip_nonfinite=False, state_dtype=None)``, torch 2.13's defaults and order.
-    Per element, with step t and Π_t = μ_1···μ_t counted per parameter (torch's
-    ``state["step"]`` and ``state["mu_product"]``)::
+    ``NAdam(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
+    momentum_decay=0.004, decoupled_weight_decay=False, *, foreach=None, maximize=False,
+    capturable=False, differentiable=False, skip_nonfinite=False, state_dtype=None)``: torch
+    2.13's signature. Per element, with step t and Π_t = μ_1···μ_t counted per parameter
+    (torch's ``state["step"]`` and ``state["mu_product"]``)::
 
         g ← g + λ·θ   (or, decoupled: θ ← θ·(1 - η·λ))
         μ_t = β₁·(1 - ½·0.96^(tψ));   m_t = β₁·m_{t-1} + (1-β₁)·g;   v_t = β₂·v_{t-1} + (1-β₂)·g²
@@ -42,7 +42,8 @@ class NAdam(Optimizer):
     transform = staticmethod(nadam)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -53,12 +54,17 @@ class NAdam(Optimizer):
         momentum_decay: float = 4e-3,
         decoupled_weight_decay: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            foreach=foreach, maximize=maximize, capturable=capturable,
+            differentiable=differentiable, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )

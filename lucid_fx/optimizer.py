@@ -51,6 +51,7 @@ from lucid_fx.packed_step import (
 )
 from lucid_fx.packing import ParamPack, make_packs
 from lucid_fx.param_groups import (
+    IMPLEMENTATION_OPTIONS,
     ParamGroup,
     Params,
     as_groups,
@@ -73,7 +74,13 @@ class Optimizer:
     """Base of the stateful optimizers: param groups, state, step, state dicts, hooks.
 
     Subclasses name their transform factory in ``transform``; its keyword
-    arguments (and their defaults) are the hyper-parameters. ``skip_flag`` names
+    arguments (and their defaults) are the hyper-parameters. A subclass's
+    ``__init__`` is its torch class's signature: torch's implementation options
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are accepted
+    where torch takes them and kept in ``defaults`` and every group as torch
+    keeps them, but change nothing: the step is one fused XLA program
+    (``differentiable=True`` is refused: see
+    :func:`~lucid_fx.param_groups.check_implementation_options`). ``skip_flag`` names
     the boolean hyper-parameter with which the transform skips a step on
     non-finite gradients; the optimizer makes that decision step-wide, so one
     bad gradient skips every parameter of those groups.
@@ -108,11 +115,19 @@ class Optimizer:
             bind(cls, inspect.signature(cls.__init__), (None, *args), kwargs)
         return super().__new__(cls)
 
-    def __init__(self, params: Params, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, params: Params, **options: Any) -> None:
+        """``options``: the transform's arguments, and the implementation options
+        (``foreach``, ...) that the subclass's torch signature takes; every transform
+        argument not given takes the factory's default."""
         check_eager(f"{type(self).__name__}(...)")
-        bound = bind(type(self), inspect.signature(type(self).transform), args, kwargs)
+        factory = type(self).transform
+        transform_options = {k: v for k, v in options.items() if k not in IMPLEMENTATION_OPTIONS}
+        bound = bind(type(self), inspect.signature(factory), (), transform_options)
         bound.apply_defaults()
-        self.defaults: dict[str, Any] = dict(bound.arguments)
+        # The factory's arguments, in its order: the ones its transform is called with.
+        self._transform_keys: tuple[str, ...] = tuple(bound.arguments)
+        self.defaults: dict[str, Any] = {  # in the class's (torch's) order
+            **options, **{k: v for k, v in bound.arguments.items() if k not in options}}
         self._check_hyperparameters(self.defaults)
         self.param_groups: list[ParamGroup] = []
         self._packs: list[list[ParamPack]] = []  # per group
@@ -174,11 +189,11 @@ class Optimizer:
                                   self._pack_state, self._initialized, type(self).transform)
 
     def __repr__(self) -> str:
+        """torch's form: per group, every entry but ``params``, sorted by key."""
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
-            lines.append(f"    params: {len(group['params'])} Parameter(s)")
-            lines.extend(f"    {k}: {v}" for k, v in sorted(hyperparameters(group).items()))
+            lines.extend(f"    {k}: {group[k]}" for k in sorted(group) if k != "params")
         lines.append(")")
         return "\n".join(lines)
 
@@ -216,7 +231,7 @@ class Optimizer:
         """Splits a group's hyper-parameters into the compile key and the traced arrays."""
         self._check_hyperparameters(hyperparameters(group, self.defaults))
         return split_hyperparameters(
-            type(self).transform, group, self.defaults, self.compiled_out_at_zero,
+            type(self).transform, group, self._transform_keys, self.compiled_out_at_zero,
             [self._pack_state.get(pack) for pack in packs])
 
     def _check_not_retired(self) -> None:
@@ -304,11 +319,13 @@ class Optimizer:
         if torch_compat.is_torch_state_dict(state_dict):
             state_dict = torch_compat.state_dict_from_torch(
                 state_dict, schema_of(factory), convert=type(self).torch_buffer_from)
+        else:  # lucid_fx's own; its arrays are tensors if it went through torch.load
+            state_dict = torch_compat.with_numpy_values(state_dict)
         saved.check_state_values(state_dict, self.never_negative)
         new_groups, entries = self._validated(state_dict)
         new_pack_state, new_initialized = {}, {}
         for group, hyper, packs in zip(self.param_groups, new_groups, self._packs):
-            tx = factory(**hyperparameters({**group, **hyper}, self.defaults))
+            tx = factory(**hyperparameters({**group, **hyper}, self._transform_keys))
             for pack in packs:
                 state, initialized = saved.pack_state_from_entries(pack, entries, tx, factory)
                 new_pack_state[pack], new_initialized[pack] = state, initialized
@@ -319,28 +336,37 @@ class Optimizer:
         self._state_snapshot = None
         self._hooks.after_load(self)
 
-    def torch_state_dict(self) -> StateDict:
+    def torch_state_dict(self, param_names: torch_compat.ParamNames | None = None) -> StateDict:
         """This optimizer's state in the form the matching ``torch.optim`` class loads.
 
-        Values are CPU torch tensors (torch must be installed); ``step`` is a
-        float32 tensor, lucid_fx-only keys (``skipped``, ``skip_nonfinite``,
-        ``state_dtype``) are dropped, and buffers the configuration uses but
-        that do not exist yet are zeros. See
+        torch's ``load_state_dict`` pairs parameters by position: give
+        ``param_names``, the torch side's names in its order
+        (``[n for n, _ in torch_model.named_parameters()]``, or one list per
+        group), and the state is written in that order; an unknown or missing
+        name is a ``ValueError``. Without it the order is this optimizer's, which
+        for a dict model (keys sorted) is rarely torch's registration order.
+
+        Values are CPU torch tensors (torch must be installed), each of the shape
+        torch's own state has; ``step`` is a float32 tensor, lucid_fx-only keys
+        (``skipped``, ``skip_nonfinite``, ``state_dtype``) are dropped, and
+        buffers the configuration uses but that do not exist yet are zeros. See
         :func:`lucid_fx.torch_compat.state_dict_to_torch`.
         """
         factory = type(self).transform
         return torch_compat.state_dict_to_torch(
             self.state_dict(), schema_of(factory), torch_compat.used_fields(factory),
-            convert=type(self).torch_buffer_to)
+            convert=type(self).torch_buffer_to, param_names=param_names)
 
     def _validated(self, sd: Any) -> tuple[list[dict[str, Any]], dict[Parameter, Any]]:
         return saved.validated(sd, self.param_groups, self.defaults,
                                self._check_hyperparameters, self._checked_entry)
 
-    def _checked_entry(self, p: Parameter, entry: Any, *, where: str) -> dict[str, np.ndarray]:
+    def _checked_entry(
+        self, p: Parameter, entry: Any, *, where: str, group: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
         """A saved per-parameter dict as host arrays, checked against the state's template."""
         return saved.checked_entry(p, entry, where=where, factory=type(self).transform,
-                                   param_groups=self.param_groups)
+                                   group=group)
 
     # ----- hooks --------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import jax.numpy as jnp
+import numpy as np
 
 from lucid_fx.base import GradientTransformation
 from lucid_fx.parameter import Parameter
@@ -37,13 +38,58 @@ Params: TypeAlias = Iterable[Parameter] | Iterable[tuple[str, Parameter]] | Iter
 # scheduler (last_epoch >= 0) needs initial_lr in the group from the start.
 SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"})
 
+# torch's implementation arguments: they choose torch's kernels, never the math. Each
+# optimizer takes those its torch class takes, in torch's positions, and keeps them in
+# ``defaults`` and every group as torch does; lucid_fx's step is one fused XLA program
+# whatever they say.
+IMPLEMENTATION_OPTIONS = ("foreach", "fused", "capturable", "differentiable")
+_MAY_BE_NONE = frozenset({"foreach", "fused"})
+
+
+def check_implementation_options(options: Mapping[str, Any]) -> None:
+    """Raises unless the implementation options in ``options`` are torch's values.
+
+    ``foreach`` and ``fused`` are None, True or False, ``capturable`` and
+    ``differentiable`` True or False (``ValueError`` otherwise). As torch,
+    ``fused`` and ``foreach`` may not both be True (``RuntimeError``).
+    ``differentiable=True`` is refused (``ValueError``): a stateful step writes
+    its Parameters in place, so it has no derivative; the functional face is
+    the differentiable one.
+
+    Example:
+      >>> from lucid_fx.param_groups import check_implementation_options
+      >>> check_implementation_options({"foreach": None, "differentiable": False})
+      >>> check_implementation_options({"foreach": "yes"})
+      Traceback (most recent call last):
+      ...
+      ValueError: Invalid foreach value: 'yes' (expected None, True or False)
+    """
+    for name in IMPLEMENTATION_OPTIONS:
+        if name not in options:
+            continue
+        value = options[name]
+        if not (isinstance(value, (bool, np.bool_)) or (value is None and name in _MAY_BE_NONE)):
+            expected = "None, True or False" if name in _MAY_BE_NONE else "True or False"
+            raise ValueError(f"Invalid {name} value: {value!r} (expected {expected})")
+    if options.get("differentiable"):
+        raise ValueError(
+            "differentiable=True is not supported: a stateful step() writes its Parameters "
+            "in place, so there is nothing to differentiate. Differentiate through the "
+            "functional face instead, which is pure: tx = fx.adam(...); jax.grad of a "
+            "function that calls tx.update(grads, state, params) and fx.apply_updates"
+        )
+    if options.get("fused") and options.get("foreach"):
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
 
 def check_hyperparameters(
     factory: Callable[..., GradientTransformation], hyper: Mapping[str, Any]
 ) -> None:
-    """Raises ``ValueError`` unless ``factory(**hyper)`` accepts ``hyper`` and lr is a number."""
+    """Raises unless ``hyper`` holds valid implementation options and ``factory`` accepts
+    the rest, with a number for lr."""
+    check_implementation_options(hyper)
     # The factory validates its arguments: calling it is the one shared check.
-    factory(**hyper)
+    factory(**{k: v for k, v in hyper.items() if k not in IMPLEMENTATION_OPTIONS})
     if callable(hyper.get("lr")):
         raise ValueError(  # noqa: TRY004 (one error type for every bad value)
             "a stateful optimizer takes a number for lr, not a schedule: drive it with "
@@ -165,7 +211,7 @@ def split_names(entries: list[Any]) -> tuple[list[Any], list[str] | None]:
         return entries, None
     if not all(named):
         i = named.index(False)
-        raise TypeError(
+        raise ValueError(  # torch's type for this mistake
             f"params mixes (name, Parameter) pairs and plain entries (params[{i}] is a "
             f"{type(entries[i]).__name__}): pass fx.named_parameters(model) or fx.parameters(model)"
         )

@@ -11,10 +11,10 @@ from lucid_fx.radam import radam
 class RAdam(Optimizer):
     r"""RAdam (rectified Adam), with torch's stateful interface.
 
-    ``RAdam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    decoupled_weight_decay=False, *, maximize=False, skip_nonfinite=False,
-    state_dtype=None)``, torch 2.13's defaults and order. Per element, with
-    step t counted per parameter (torch's ``state["step"]``)::
+    ``RAdam(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0,
+    decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+    differentiable=False, skip_nonfinite=False, state_dtype=None)``: torch 2.13's signature.
+    Per element, with step t counted per parameter (torch's ``state["step"]``)::
 
         g ← g + λ·θ   (or, decoupled: θ ← θ·(1 - η·λ))
         m_t = β₁·m_{t-1} + (1-β₁)·g;   v_t = β₂·v_{t-1} + (1-β₂)·g²;   m̂_t = m_t/(1-β₁^t)
@@ -42,7 +42,8 @@ class RAdam(Optimizer):
     transform = staticmethod(radam)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -52,12 +53,16 @@ class RAdam(Optimizer):
         weight_decay: float = 0,
         decoupled_weight_decay: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-            skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )

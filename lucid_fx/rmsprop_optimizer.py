@@ -16,7 +16,9 @@ class RMSprop(Optimizer):
     r"""Root Mean Square Propagation optimizer, with torch's stateful interface.
 
     ``RMSprop(params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0, momentum=0,
-    centered=False, *, maximize=False, skip_nonfinite=False, state_dtype=None)``
+    centered=False, capturable=False, foreach=None, maximize=False, differentiable=False, *,
+    skip_nonfinite=False, state_dtype=None)``: the page's signature, continued as torch
+    2.13's.
 
     RMSprop keeps a running average of the squared gradient for each parameter
     and divides the gradient by its square root::
@@ -68,8 +70,8 @@ class RMSprop(Optimizer):
     transform = staticmethod(rmsprop)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; test_public_api checks it against
-    # the factory's, which is where the defaults are defined.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -79,14 +81,18 @@ class RMSprop(Optimizer):
         weight_decay: float = 0,
         momentum: float = 0,
         centered: bool = False,
-        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
+        *,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-            centered=centered, maximize=maximize, skip_nonfinite=skip_nonfinite,
+            centered=centered, capturable=capturable, foreach=foreach, maximize=maximize,
+            differentiable=differentiable, skip_nonfinite=skip_nonfinite,
             state_dtype=state_dtype,
         )
 
@@ -96,7 +102,7 @@ class RMSprop(Optimizer):
     torch_buffer_from = staticmethod(torch_compat.rmsprop_buffer_from_torch)
     torch_buffer_to = staticmethod(torch_compat.rmsprop_buffer_to_torch)
 
-    def torch_state_dict(self) -> StateDict:
+    def torch_state_dict(self, param_names: torch_compat.ParamNames | None = None) -> StateDict:
         """This optimizer's state in the form ``torch.optim.RMSprop.load_state_dict`` takes.
 
         As :meth:`Optimizer.torch_state_dict`, with momentum buffers ``b / lr``.
@@ -109,4 +115,4 @@ class RMSprop(Optimizer):
                     f"parameter {i} {p!r} is complex: torch's RMSprop treats its real and "
                     f"imaginary parts as separate elements, so the state does not convert"
                 )
-        return super().torch_state_dict()
+        return super().torch_state_dict(param_names)

@@ -12,9 +12,10 @@ from lucid_fx.rprop import rprop
 class Rprop(Optimizer):
     r"""Rprop (resilient backpropagation), with torch's stateful interface.
 
-    ``Rprop(params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False,
-    skip_nonfinite=False, state_dtype=None)``, torch 2.13's defaults and order.
-    Per element, with step size s (s_0 = lr) and the previous gradient g_prev::
+    ``Rprop(params, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50), *, capturable=False,
+    foreach=None, maximize=False, differentiable=False, skip_nonfinite=False,
+    state_dtype=None)``: torch 2.13's signature. Per element, with step size s (s_0 = lr)
+    and the previous gradient g_prev::
 
         g·g_prev > 0: s ← min(s·η₊, Γ_max);   g·g_prev < 0: s ← max(s·η₋, Γ_min), g ← 0
         θ_t = θ_{t-1} - s·sign(g);   g_prev ← g
@@ -40,7 +41,8 @@ class Rprop(Optimizer):
     skip_flag = "skip_nonfinite"
     never_negative = MappingProxyType({"step": "a step count", "step_size": "a step size"})
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -48,11 +50,15 @@ class Rprop(Optimizer):
         etas: tuple[float, float] = (0.5, 1.2),
         step_sizes: tuple[float, float] = (1e-6, 50),
         *,
+        capturable: bool = False,
+        foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
-            params, lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize,
+            params, lr=lr, etas=etas, step_sizes=step_sizes, capturable=capturable,
+            foreach=foreach, maximize=maximize, differentiable=differentiable,
             skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
         )

@@ -11,9 +11,9 @@ from lucid_fx.sgd import sgd
 class SGD(Optimizer):
     r"""Stochastic gradient descent with momentum, with torch's stateful interface.
 
-    ``SGD(params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
-    *, maximize=False, skip_nonfinite=False, state_dtype=None)``, torch 2.13's
-    defaults and order. Per element, with b_1 = g at the first step::
+    ``SGD(params, lr=0.001, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+    maximize=False, foreach=None, differentiable=False, fused=None, skip_nonfinite=False,
+    state_dtype=None)``: torch 2.13's signature. Per element, with b_1 = g at the first step::
 
         g ← g + λ·θ;   b_t = μ·b_{t-1} + (1-τ)·g;   g ← g + μ·b_t (nesterov) or b_t
         θ_t = θ_{t-1} - η·g
@@ -36,7 +36,8 @@ class SGD(Optimizer):
     transform = staticmethod(sgd)
     skip_flag = "skip_nonfinite"
 
-    # Spelled out for IDEs and type checkers; a test checks it against the factory's.
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
     def __init__(
         self,
         params: Params,
@@ -47,11 +48,15 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
         skip_nonfinite: bool = False,
         state_dtype: Any | None = None,
     ) -> None:
         super().__init__(
             params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, maximize=maximize, skip_nonfinite=skip_nonfinite,
+            nesterov=nesterov, maximize=maximize, foreach=foreach,
+            differentiable=differentiable, fused=fused, skip_nonfinite=skip_nonfinite,
             state_dtype=state_dtype,
         )

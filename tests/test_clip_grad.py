@@ -583,7 +583,29 @@ BAD_CALLS: dict[str, BadCall] = {
                             TypeError, r"clip_grad_value_: parameters\[3\] is a ndarray"),
     "value-grad-shape": ((2, jnp.ones(1)), lambda ps: clip_grad_value_(ps, 1.0), ValueError,
                          r"clip_grad_value_: .* shape \(1,\); expected \(4,\)"),
+    "foreach='yes'": (None, lambda ps: clip_grad_norm_(ps, 1.0, foreach="yes"), ValueError,
+                      r"Invalid foreach value: 'yes' \(expected None, True or False\)"),
+    "value-foreach=1": (None, lambda ps: clip_grad_value_(ps, 1.0, foreach=1), ValueError,
+                        r"Invalid foreach value: 1"),
 }
+
+
+def test_torchs_signatures_and_foreach_change_nothing() -> None:
+    """torch's whole signatures, foreach included, by position and by keyword."""
+    import inspect
+
+    torch = pytest.importorskip("torch", reason="compared with torch's own signatures")
+    for ours, theirs in [(clip_grad_norm_, torch.nn.utils.clip_grad_norm_),
+                         (clip_grad_value_, torch.nn.utils.clip_grad_value_)]:
+        assert [(p.name, p.kind, p.default) for p in
+                inspect.signature(ours).parameters.values()] == [
+            (p.name, p.kind, p.default) for p in inspect.signature(theirs).parameters.values()]
+    plain, each = _model_with_grads(), _model_with_grads()
+    norm = clip_grad_norm_(plain, 1.0, 2.0, False)
+    assert float(clip_grad_norm_(each, 1.0, 2.0, False, True)) == float(norm)
+    clip_grad_value_(plain, 0.1)
+    clip_grad_value_(each, 0.1, foreach=False)
+    assert_same_grads(grads_of(each), grads_of(plain))
 
 
 @pytest.mark.parametrize("case", BAD_CALLS.values(), ids=list(BAD_CALLS))

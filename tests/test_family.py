@@ -180,14 +180,112 @@ def test_defaults_and_order_are_torchs(name: str) -> None:
     assert ours["maximize"].default is theirs["maximize"].default is False
 
 
+LUCID_ONLY = ("skip_nonfinite", "state_dtype")  # lucid_fx's own, keyword-only, last
+
+
 @pytest.mark.parametrize("name", ROWS)
-def test_the_class_signature_is_the_factorys(name: str) -> None:
-    """The fx class spells its signature out for IDEs; the defaults live in the factory."""
+def test_the_class_signature_is_torchs_then_lucid_fxs(name: str) -> None:
+    """The fx class takes torch 2.13's whole signature (its implementation options in
+    torch's places) and then lucid_fx's keyword-only options; the transform's arguments
+    default to the factory's defaults, which live there."""
     row = ROWS[name]
     written = list(inspect.signature(row.stateful.__init__).parameters.values())
-    assert [p.name for p in written[:2]] == ["self", "params"]
-    assert [(p.name, p.kind, p.default) for p in written[2:]] == [
-        (p.name, p.kind, p.default) for p in inspect.signature(row.factory).parameters.values()]
+    torch_class = getattr(_torch().optim, row.torch_class)
+    theirs = list(inspect.signature(torch_class.__init__).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in written[:len(theirs)]] == [
+        (p.name, p.kind, p.default) for p in theirs]
+    assert [(p.name, p.kind) for p in written[len(theirs):]] == [
+        (n, inspect.Parameter.KEYWORD_ONLY) for n in LUCID_ONLY]
+    factory = inspect.signature(row.factory).parameters
+    for p in written[2:]:
+        if p.name in factory:
+            assert (p.default, type(p.default)) == (
+                factory[p.name].default, type(factory[p.name].default)), p.name
+        else:
+            assert p.name in ("foreach", "fused", "capturable", "differentiable"), p.name
+    # A transform argument torch's class does not take is fixed by it (AdamW's
+    # decoupled_weight_decay=True), in defaults and every group, as torch keeps it.
+    fixed = set(factory) - {p.name for p in written}
+    opt = row.stateful([fx.Parameter(jnp.zeros(1))])
+    assert {k: opt.defaults[k] for k in fixed} == {k: factory[k].default for k in fixed}
+    assert "__init__" in vars(row.stateful)  # written in the class body, where IDEs read it
+
+
+def _torch_arguments(row: Row) -> tuple[list[Any], dict[str, Any]]:
+    """torch's signature filled with values that differ from its defaults where a value
+    may (a flag flipped, a number scaled), as (positional, keyword-only) arguments."""
+    def changed(name: str, default: Any) -> Any:
+        if name == "differentiable":
+            return False  # refused when True (tested below)
+        if name == "foreach":
+            return True
+        if isinstance(default, bool) or default is None:
+            return default if name in ("nesterov", "fused") else not default if isinstance(
+                default, bool) else default
+        if isinstance(default, tuple):
+            return default
+        return default * 0.5 if default else default
+    positional, keyword = [], {}
+    torch_class = getattr(_torch().optim, row.torch_class)
+    for p in list(inspect.signature(torch_class.__init__).parameters.values())[2:]:
+        value = changed(p.name, p.default)
+        if p.kind is p.KEYWORD_ONLY:
+            keyword[p.name] = value
+        else:
+            positional.append(value)
+    return positional, keyword
+
+
+@pytest.mark.parametrize("call", ["positional", "keyword"])
+@pytest.mark.parametrize("name", ROWS)
+def test_torchs_whole_signature_gives_torchs_defaults_and_groups(name: str, call: str) -> None:
+    """torch's full argument list, by position where torch takes it so or all by keyword,
+    builds the optimizer torch builds: ``defaults`` and the group hold torch's keys and
+    values (and lucid_fx's two options), and ``print`` shows torch's text."""
+    row = ROWS[name]
+    torch = _torch()
+    positional, keyword = _torch_arguments(row)
+    names = [p for p in inspect.signature(getattr(torch.optim, row.torch_class).__init__).parameters
+             ][2:]
+    by_keyword = {**dict(zip(names, positional)), **keyword}
+    theirs = getattr(torch.optim, row.torch_class)(
+        [torch.nn.Parameter(torch.zeros(2))], **by_keyword)
+    weights = [fx.Parameter(jnp.zeros(2))]
+    ours = (row.stateful(weights, *positional, **keyword) if call == "positional"
+            else row.stateful(weights, **by_keyword))
+    lucid_only = {"skip_nonfinite": False, "state_dtype": None}
+    assert ours.defaults == {**theirs.defaults, **lucid_only}
+    group = {k: v for k, v in ours.param_groups[0].items() if k != "params"}
+    assert group == {**{k: v for k, v in theirs.param_groups[0].items() if k != "params"},
+                     **lucid_only}
+    torch_text = repr(theirs).splitlines()
+    assert [line for line in repr(ours).splitlines()
+            if not line.strip().startswith(LUCID_ONLY)] == torch_text
+    weights[0].grad = jnp.ones(2)
+    ours.step()  # the options change nothing in the step
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_implementation_options_are_checked_as_torch_would(name: str) -> None:
+    row = ROWS[name]
+    names = inspect.signature(row.stateful.__init__).parameters
+    p = fx.Parameter(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"differentiable=True is not supported.*functional"):
+        row.stateful([p], differentiable=True)
+    with pytest.raises(ValueError, match=r"Invalid foreach value: 'yes' \(expected None, True"):
+        row.stateful([p], foreach="yes")
+    if "fused" in names:
+        with pytest.raises(RuntimeError, match=r"`fused` and `foreach` cannot be `True`"):
+            row.stateful([p], fused=True, foreach=True)
+    if "capturable" not in names:  # as torch: an argument its class lacks is a TypeError
+        with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['capturable'\]"):
+            row.stateful([p], capturable=False)
+    opt = row.stateful([p])
+    opt.param_groups[0]["foreach"] = 3  # checked at the step, as every group value
+    p.grad = jnp.ones(2)
+    with pytest.raises(ValueError, match=r"Invalid foreach value: 3"):
+        opt.step()
+    assert p.value.tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("name", ROWS)
@@ -539,6 +637,137 @@ def test_torch_state_dicts_load_and_export_and_the_run_continues_as_torchs(name:
             if key in back.state[q]:
                 expected = back.state[q][key].numpy() * row.torch_scale(key, config)
                 assert max_rel_error(our_opt.state[p][key], expected) <= RTOL_TORCH_F32, key
+
+
+# torch registers w, then v, then the 0-d s; a dict tree lists them sorted: s, v, w. w and v
+# have one shape, so a positional mix-up would load without an error.
+TORCH_ORDER = {"w": (3,), "v": (3,), "s": ()}
+
+
+def _named_runs(row: Row) -> tuple[Any, Any, Any]:
+    """torch's Module with TORCH_ORDER's parameters, a torch optimizer over its
+    named_parameters (the richest configuration) and our dict model's values."""
+    torch = _torch()
+    rng = np.random.default_rng(7)
+    values = {n: rng.standard_normal(shape).astype(np.float32) for n, shape in TORCH_ORDER.items()}
+
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for n in TORCH_ORDER:
+                self.register_parameter(n, torch.nn.Parameter(torch.tensor(values[n])))
+
+    module = Module()
+    assert [n for n, _ in module.named_parameters()] == list(TORCH_ORDER)
+    return module, values, rng
+
+
+def _steps(row: Row, params: dict[str, Any], opt: Any, grads: list[dict[str, np.ndarray]],
+           to_array: Any) -> None:
+    for step in grads:
+        opt.zero_grad()
+        for n, g in step.items():
+            params[n].grad = to_array(g)
+        opt.step()
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(name: str) -> None:
+    """torch (named) -> fx -> torch (unnamed, as torch's examples build it): the run goes on
+    as one torch run, though the two sides list the parameters in different orders; every
+    exported tensor has the shape of torch's own state (a 0-d parameter's is 0-d)."""
+    torch, row = _torch(), ROWS[name]
+    config = row.grid[row.richest]
+    cls = getattr(torch.optim, row.torch_class)
+    module, _, rng = _named_runs(row)
+    grads = [{n: rng.standard_normal(shape).astype(np.float32) for n, shape in TORCH_ORDER.items()}
+             for _ in range(6)]
+    with one_torch_thread(torch):
+        reference, _, _ = _named_runs(row)
+        reference_opt = cls(reference.parameters(), foreach=False, **config)
+        _steps(row, dict(reference.named_parameters()), reference_opt, grads, torch.tensor)
+
+        their_opt = cls(module.named_parameters(), foreach=False, **config)
+        _steps(row, dict(module.named_parameters()), their_opt, grads[:2], torch.tensor)
+        model = {n: fx.Parameter(jnp.asarray(p.detach().numpy()))
+                 for n, p in module.named_parameters()}
+        our_opt = row.stateful(fx.named_parameters(model), **config)
+        assert [n for n, _ in fx.named_parameters(model)] == ["s", "v", "w"]
+        our_opt.load_state_dict(their_opt.state_dict())  # pairs by name
+        _steps(row, model, our_opt, grads[2:4], jnp.asarray)
+
+        exported = our_opt.torch_state_dict(param_names=[n for n, _ in module.named_parameters()])
+        back = type(module)()
+        back_opt = cls(back.parameters(), foreach=False, **config)  # unnamed: by position
+        back_opt.load_state_dict(exported)
+        for n, q in back.named_parameters():
+            q.data = torch.tensor(np.asarray(model[n].value))
+        _steps(row, dict(back.named_parameters()), back_opt, grads[4:], torch.tensor)
+    ours_at_4 = {n: np.asarray(p.value) for n, p in model.items()}
+    for n, q in back.named_parameters():
+        assert max_rel_error(q.detach().numpy(), reference.get_parameter(n).detach().numpy()
+                             ) <= RTOL_TORCH_F32, n
+        assert ours_at_4[n].shape == TORCH_ORDER[n]
+    for index, (n, q) in enumerate(reference.named_parameters()):
+        mine, theirs = exported["state"][index], reference_opt.state[q]
+        assert set(mine) == set(theirs), n
+        for key, tensor in theirs.items():
+            assert (mine[key].shape, mine[key].dtype) == (tensor.shape, tensor.dtype), (n, key)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_an_unnamed_dict_into_a_named_optimizer_warns_at_each_load(name: str) -> None:
+    torch, row = _torch(), ROWS[name]
+    module, _, _ = _named_runs(row)
+    # torch's optimizer lists them in our order here, so pairing by position is right; it
+    # still warns, as it cannot know.
+    their_opt = getattr(torch.optim, row.torch_class)(
+        [module.get_parameter(n) for n in ("s", "v", "w")], foreach=False)
+    model = {n: fx.Parameter(jnp.asarray(p.detach().numpy())) for n, p in module.named_parameters()}
+    our_opt = row.stateful(fx.named_parameters(model))
+    for _ in range(2):
+        with pytest.warns(UserWarning, match=r"pairs with this optimizer's parameters by "
+                                             r"position.*fx.named_parameters"):
+            our_opt.load_state_dict(their_opt.state_dict())
+    with pytest.raises(ValueError, match=r"param_names must list this optimizer's parameter "
+                                         r"names once each: missing \['s'\], unknown \['x'\]"):
+        our_opt.torch_state_dict(param_names=["w", "v", "x"])
+    with pytest.raises(ValueError, match=r"repeated \['w'\]"):
+        our_opt.torch_state_dict(param_names=["w", "v", "s", "w"])
+    unnamed = row.stateful(list(model.values()))
+    with pytest.raises(ValueError, match=r"have no names: create it with fx.named_parameters"):
+        unnamed.torch_state_dict(param_names=["w", "v", "s"])
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_our_state_dict_goes_through_torch_save_and_the_default_torch_load(
+    name: str, tmp_path: Any
+) -> None:
+    """torch.load's default (weights_only=True) refuses every NumPy object; our dicts
+    (a bfloat16 Parameter's and a 0-d one's included) come back bit for bit."""
+    torch, row = _torch(), ROWS[name]
+    config = row.grid[row.richest]
+    model = {"w": fx.Parameter(jnp.linspace(-1, 1, 5)), "h": fx.Parameter(jnp.ones(3, jnp.bfloat16)),
+             "s": fx.Parameter(jnp.float32(0.5))}
+    opt = row.stateful(fx.named_parameters(model), **config, state_dtype=jnp.float32)
+    for t in range(2):
+        for p in model.values():
+            p.grad = jnp.full(p.shape, 0.1 * (t + 1), p.dtype)
+        opt.step()
+    saved = opt.state_dict()
+    torch.save(saved, tmp_path / "optimizer.pt")
+    loaded = torch.load(tmp_path / "optimizer.pt")
+    assert loaded["param_groups"] == saved["param_groups"]
+    copy = row.stateful(fx.named_parameters(model), **config)
+    copy.load_state_dict(loaded)
+    again = copy.state_dict()
+    assert again["param_groups"] == saved["param_groups"]
+    for index, entry in saved["state"].items():
+        assert set(again["state"][index]) == set(entry)
+        for key, value in entry.items():
+            mine = again["state"][index][key]
+            assert (mine.shape, mine.dtype, mine.tobytes()) == (
+                value.shape, value.dtype, value.tobytes()), (index, key)
 
 
 COPY_ELEMENTS = 5003  # one Parameter, an odd size: a buffer no other array has

@@ -429,7 +429,7 @@ def _other_rows() -> list[BadInput]:
                  r"RMSprop got unknown keyword argument\(s\) \['betas'\]; its arguments are "
                  r"params, lr, alpha, eps", lambda w: fx.RMSprop([p()], betas=(0.9, 0.999))),
         BadInput("params-names-mixed", ctor, "(name, Parameter) pairs mixed with Parameters",
-                 TypeError, r"params mixes \(name, Parameter\) pairs and plain entries",
+                 ValueError, r"params mixes \(name, Parameter\) pairs and plain entries",
                  lambda w: fx.RMSprop([("a", p()), p()])),
         BadInput("step-under-jit", _STEP, "`optimizer.step()` inside `jax.jit`", RuntimeError,
                  r"RMSprop\.step\(\) was called under a JAX transformation .* use the "
@@ -647,6 +647,25 @@ Not errors, on purpose:
   `skip_nonfinite=True` (see [reliability](reliability.md)).
 - Traced hyper-parameters (inside `jax.jit`) and schedules are not checked:
   their values are unknown until the step runs.
+- torch's implementation options (`foreach`, `fused`, `capturable`) are accepted
+  wherever torch's signature has them, and change nothing.
+
+The exception types are torch's wherever torch raises for the same input
+(`ValueError` for a bad value, `TypeError` for a wrong type or an unknown
+argument, `RuntimeError` for `fused=True` with `foreach=True`). Where lucid_fx
+refuses what torch accepts, on purpose:
+
+- a Parameter given twice in one group (torch warns, and steps it twice);
+- a hyper-parameter key the optimizer does not have, in a group (torch keeps
+  it silently, so a misspelt `"weight_decy"` is lost);
+- values torch takes but that no run can use: `alpha > 1` for RMSprop,
+  `lambd`, `alpha` or `t0` below 0 for ASGD, a non-pair `step_sizes` for
+  Rprop, a negative `step` in a state dict, and the like (the table below);
+- `differentiable=True`: a stateful step writes its Parameters in place, so
+  there is nothing to differentiate; the functional face is the
+  differentiable one (`jax.grad` through `tx.update`);
+- a torch state dict whose step is not a whole number, or that does not fit
+  the optimizer's parameters (torch would fail at its next step).
 
 | id | call | bad input | exception | message |
 |---|---|---|---|---|
