@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx.autodiff import Parameter
+from lucid_fx.host_array import from_torch, host_array, torch_tensor
 from lucid_fx.optimizer import Closure, Optimizer, ParamGroup, Params, StateDict
 from lucid_fx.param_groups import hyperparameters
-from lucid_fx.torch_compat import _is_torch_tensor, _to_numpy
+from lucid_fx.torch_compat import ParamNames, torch_positions
 from lucid_fx.tracing import check_eager
 from lucid_fx.validation import check_hyperparameter
 
@@ -116,9 +117,14 @@ class _FlatLayout(NamedTuple):
         return cls(tuple(p.shape for p in params), dtypes, np.dtype(jnp.result_type(*real)))
 
     @property
+    def sizes(self) -> list[int]:
+        """Each Parameter's length in the vector (a complex one's elements count twice)."""
+        return [int(np.prod(s)) * (2 if jnp.iscomplexobj(np.zeros((), dt)) else 1)
+                for s, dt in zip(self.shapes, self.dtypes)]
+
+    @property
     def size(self) -> int:
-        return sum(int(np.prod(s)) * (2 if jnp.iscomplexobj(np.zeros((), dt)) else 1)
-                   for s, dt in zip(self.shapes, self.dtypes))
+        return sum(self.sizes)
 
     def flat(self, arrays: Sequence[jax.Array | None]) -> jax.Array:
         """The arrays as one vector (traceable); ``None`` (no gradient) reads as zeros."""
@@ -129,6 +135,14 @@ class _FlatLayout(NamedTuple):
                 a = jnp.stack([a.real, a.imag], axis=-1)
             parts.append(jnp.ravel(a).astype(self.dtype))
         return jnp.concatenate(parts)
+
+    def gather_index(self, order: Sequence[int]) -> np.ndarray:
+        """Indices that lay a vector out with the Parameters in ``order`` (indices into
+        this layout's Parameters): ``v[gather_index(order)]`` is v in that order."""
+        sizes = self.sizes
+        starts = np.cumsum([0, *sizes])
+        return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order]
+                              ) if order else np.zeros(0, np.int64)
 
     def pieces(self, flat: jax.Array) -> list[jax.Array]:
         """The vector cut into the Parameters' shapes and dtypes (traceable)."""
@@ -260,7 +274,20 @@ def _numpy_tree(value: Any) -> Any:
     """torch tensors (in lists too) as NumPy arrays; everything else as it is."""
     if isinstance(value, (list, tuple)):
         return [_numpy_tree(v) for v in value]
-    return _to_numpy(value) if _is_torch_tensor(value) else value
+    return from_torch(value)
+
+
+_VECTOR_KEYS = ("d", "prev_flat_grad")  # flat vectors; old_dirs, old_stps: lists of them
+
+
+def _reordered(entry: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
+    """A state entry with every flat vector gathered by ``index`` (its Parameters reordered)."""
+    def gather(v: Any) -> Any:
+        return host_array(np.asarray(v)[index])
+
+    return {key: gather(value) if key in _VECTOR_KEYS
+            else [gather(v) for v in value] if key in ("old_dirs", "old_stps")
+            else value for key, value in entry.items()}
 
 
 class _EntryReader:
@@ -590,7 +617,7 @@ class LBFGS(Optimizer):
         # The base's state_dict() frames these (indices, param_groups, hooks).
         if self._lbfgs is None:
             return []
-        return [(self._params[0], _state_entry(self._lbfgs, np.asarray))]
+        return [(self._params[0], _state_entry(self._lbfgs, host_array))]
 
     def state_dict(self) -> StateDict:
         """torch's layout: ``{"state": {0: {...}}, "param_groups": [{...}]}``, NumPy for tensors.
@@ -602,7 +629,9 @@ class LBFGS(Optimizer):
         """
         return super().state_dict()
 
-    def _checked_entry(self, p: Parameter, entry: Any, *, where: str) -> dict[str, Any]:
+    def _checked_entry(
+        self, p: Parameter, entry: Any, *, where: str, group: Mapping[str, Any]
+    ) -> dict[str, Any]:
         if p is not self._params[0]:
             raise ValueError(f"{where}: LBFGS keeps its whole state under its first "
                              f"parameter's index, this entry is for another parameter")
@@ -627,6 +656,7 @@ class LBFGS(Optimizer):
                 index: {k: _numpy_tree(v) for k, v in entry.items()}
                 if isinstance(entry, Mapping) else entry
                 for index, entry in state_dict["state"].items()}}
+            state_dict = self._in_my_order(state_dict)
         new_groups, entries = self._validated(state_dict)
         hyper = hyperparameters({**self.param_groups[0], **new_groups[0]}, self.defaults)
         state = None
@@ -638,20 +668,50 @@ class LBFGS(Optimizer):
         self._lbfgs = state
         self._hooks.after_load(self)
 
-    def torch_state_dict(self) -> StateDict:
+    def _in_my_order(self, state_dict: StateDict) -> StateDict:
+        """A named dict whose Parameters are listed in another order (torch's, from its
+        ``named_parameters()``), with its vectors and indices in this optimizer's order;
+        any other dict as given (the base's checks then name what is wrong with it)."""
+        groups, mine = state_dict.get("param_groups"), self.param_groups[0].get("param_names")
+        if mine is None or not isinstance(groups, (list, tuple)) or len(groups) != 1 or (
+                not isinstance(groups[0], Mapping)):
+            return state_dict
+        theirs = groups[0].get("param_names")
+        if not isinstance(theirs, (list, tuple)) or sorted(theirs) != sorted(mine) or (
+                list(theirs) == list(mine)) or len(set(mine)) != len(mine):
+            return state_dict
+        order = [mine.index(name) for name in theirs]  # theirs, as indices into mine
+        first = groups[0]["params"][0]  # torch keeps the whole state under its first
+        back = np.argsort(self._layout.gather_index(order))
+        return {"param_groups": [{**groups[0], "params": list(range(len(mine))),
+                                  "param_names": list(mine)}],
+                "state": {0: _reordered(state_dict["state"][first], back)}
+                if first in state_dict["state"] else {}}
+
+    def torch_state_dict(self, param_names: ParamNames | None = None) -> StateDict:
         """This optimizer's state in the form ``torch.optim.LBFGS.load_state_dict`` takes.
 
         :meth:`state_dict` with CPU torch tensors for its arrays (torch must be
         installed); torch then continues the run as this optimizer would.
+        ``param_names``, the torch side's names in its order, lays the flat
+        vectors out in that order (torch pairs by position, and its flat vector
+        follows its parameters' order), as
+        :meth:`lucid_fx.Optimizer.torch_state_dict` does.
         """
-        import torch
+        sd = self.state_dict()
+        if param_names is not None:
+            [order] = torch_positions(sd, param_names)  # one group: indices are positions
+            index = self._layout.gather_index(order)
+            names = sd["param_groups"][0]["param_names"]
+            sd = {"state": {0: _reordered(sd["state"][0], index)} if sd["state"] else {},
+                  "param_groups": [{**sd["param_groups"][0], "params": list(range(len(order))),
+                                    "param_names": [names[i] for i in order]}]}
 
         def tensor(value: Any) -> Any:
             if isinstance(value, list):
                 return [tensor(v) for v in value]
-            return torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
+            return torch_tensor(value) if isinstance(value, np.ndarray) else value
 
-        sd = self.state_dict()
         return {"state": {i: {k: tensor(v) for k, v in entry.items()}
                           for i, entry in sd["state"].items()},
                 "param_groups": sd["param_groups"]}

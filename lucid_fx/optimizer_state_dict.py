@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -29,11 +30,12 @@ import numpy as np
 
 from lucid_fx import torch_compat
 from lucid_fx.base import GradientTransformation
+from lucid_fx.host_array import host_array
 from lucid_fx.packed_step import Factory, PackState, schema_of, state_type
 from lucid_fx.packing import PackLayout, ParamPack
-from lucid_fx.param_groups import ParamGroup, hyperparameters
+from lucid_fx.param_groups import IMPLEMENTATION_OPTIONS, ParamGroup, hyperparameters
 from lucid_fx.parameter import Parameter
-from lucid_fx.placement import to_host
+from lucid_fx.placement import commit_like, put_like, to_host
 from lucid_fx.state_schema import Field
 
 StateDict: TypeAlias = dict[str, Any]
@@ -50,16 +52,17 @@ def slot_entry(
     fields: dict[str, np.ndarray], layout: PackLayout, slot: int, schema: Mapping[str, Field]
 ) -> dict[str, np.ndarray]:
     """One parameter's state dict cut from a pack's host arrays."""
-    entry = {}
+    entry: dict[str, np.ndarray] = {}
     for name, value in fields.items():
         kind = schema[name].kind
         if kind == "per_parameter":
-            entry[name] = value[slot]
+            cut = value[slot].copy()
         elif kind == "counter":
-            entry[name] = value
+            cut = value
         else:
             start, size = layout.offsets[slot], layout.sizes[slot]
-            entry[name] = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
+            cut = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
+        entry[name] = host_array(cut)  # 0-d arrays, not NumPy scalars: torch.load reads them
     return entry
 
 
@@ -88,10 +91,23 @@ def framed(
     state = dict(sorted((index[id(p)], entry) for p, entry in states))
     groups = []
     for group in param_groups:
-        entry = {k: v for k, v in group.items() if k != "params"}
+        entry = {k: plain_value(v) for k, v in group.items() if k != "params"}
         entry["params"] = [index[id(p)] for p in group["params"]]
         groups.append(entry)
     return {"state": state, "param_groups": groups}
+
+
+def plain_value(value: Any) -> Any:
+    """A group's value as Python's own types, which ``torch.load``'s default reads: a NumPy
+    or 0-d JAX number as a Python number, a dtype (``jnp.float32``) as its name; a tuple
+    (betas) value by value. Anything else as it is."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain_value(v) for v in value)
+    if isinstance(value, (np.dtype, type)):  # np.float32, jnp.bfloat16, np.dtype("f4")
+        return np.dtype(value).name
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)) and np.ndim(value) == 0:
+        return np.asarray(value).item()
+    return value
 
 
 def check_state_values(state_dict: Any, never_negative: Mapping[str, str]) -> None:
@@ -121,8 +137,9 @@ def validated(
 ) -> tuple[list[dict[str, Any]], dict[Parameter, Any]]:
     """The saved groups' hyper-parameters and Parameter -> checked entry; raises on any mistake.
 
-    ``checked_entry(p, entry, where=...)`` checks one saved per-parameter entry
-    (the optimizer's ``_checked_entry``, which LBFGS replaces).
+    ``checked_entry(p, entry, where=..., group=...)`` checks one saved per-parameter
+    entry against its group as the dict restores it (its ``state_dtype``), and is the
+    optimizer's ``_checked_entry``, which LBFGS replaces.
     """
     if not isinstance(sd, Mapping) or set(sd) != {"state", "param_groups"}:
         keys = sorted(sd) if isinstance(sd, Mapping) else type(sd).__name__
@@ -163,8 +180,11 @@ def validated(
         hyper = hyperparameters(saved)
         # Every hyper-parameter torch has too must be saved: a missing one means a
         # misspelt or foreign dict (lr saved as "learning_rate"), not "use the default".
-        # lucid_fx's own options keep the group's values when absent (torch's dicts).
-        missing = sorted(set(defaults) - set(hyper) - torch_compat.LUCID_ONLY_OPTIONS)
+        # Options that change no number keep the group's values when absent: lucid_fx's
+        # own (torch's dicts lack them) and torch's implementation options (which older
+        # lucid_fx dicts lack, and torch versions differ in).
+        missing = sorted(set(defaults) - set(hyper) - torch_compat.LUCID_ONLY_OPTIONS
+                         - set(IMPLEMENTATION_OPTIONS))
         if missing:
             raise ValueError(f"param_groups[{gi}] lacks key(s) {missing}")
         try:
@@ -191,7 +211,10 @@ def validated(
         if index not in index_to_param:
             raise ValueError(f"state[{index!r}] names no parameter of the state dict's groups")
         p = index_to_param[index]
-        entries[p] = checked_entry(p, entry, where=f"state[{index!r}]")
+        group = next(g for g, saved in zip(param_groups, new_groups)
+                     if any(q is p for q in g["params"]))
+        saved_group = {**group, **new_groups[param_groups.index(group)]}
+        entries[p] = checked_entry(p, entry, where=f"state[{index!r}]", group=saved_group)
     return new_groups, entries
 
 
@@ -201,9 +224,18 @@ def pair_saved_params(
     """Saved index -> the optimizer's Parameter: by name when the dict has names.
 
     Without ``param_names`` the pairing is by position, as in torch; that
-    is only right if both sides list the parameters in the same order.
+    is only right if both sides list the parameters in the same order, so an
+    optimizer whose parameters have names warns (``UserWarning``) at each such load.
     """
     if not any("param_names" in saved for saved in saved_groups):
+        if "param_names" in param_groups[0]:
+            warnings.warn(
+                "the state dict has no param_names, so its state pairs with this optimizer's "
+                "parameters by position, which is right only if both list them in the same "
+                "order (a dict model lists its keys sorted, a torch module in registration "
+                "order). To pair by name, save from a torch optimizer made from "
+                "model.named_parameters(), or an fx optimizer made from fx.named_parameters.",
+                UserWarning, stacklevel=5)
         return {index: p for saved, group in zip(saved_groups, param_groups)
                 for index, p in zip(saved["params"], group["params"])}
     if "param_names" not in param_groups[0]:
@@ -233,15 +265,14 @@ def pair_saved_params(
 
 
 def checked_entry(
-    p: Parameter, entry: Any, *, where: str, factory: Factory,
-    param_groups: Sequence[ParamGroup],
+    p: Parameter, entry: Any, *, where: str, factory: Factory, group: Mapping[str, Any],
 ) -> dict[str, np.ndarray]:
-    """A saved per-parameter dict as host arrays, checked against the state's template."""
+    """A saved per-parameter dict as host arrays, checked against the state's template
+    in ``group``'s configuration (its ``state_dtype``)."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a dict of arrays, got {type(entry).__name__}")  # noqa: TRY004 (one error type for every bad value)
     schema = schema_of(factory)
-    state_dtype = next(g for g in param_groups if any(q is p for q in g["params"])).get(
-        "state_dtype")
+    state_dtype = group.get("state_dtype")
     template = {
         name: (p.shape if field.kind == "buffer" else (), field.dtype_for(p.dtype, state_dtype))
         for name, field in schema.items()
@@ -285,9 +316,10 @@ def pack_state_from_entries(
                              present[0][1].dtype)
             for slot, value in present:
                 values[slot] = value
-            fields[name] = jax.device_put(values)
+            fields[name] = commit_like(pack.buffer, jax.device_put(values))
         elif field.kind == "counter":  # one per pack: the largest saved count
-            fields[name] = jax.device_put(max((v for _, v in present), key=int))
+            fields[name] = commit_like(pack.buffer, jax.device_put(max(
+                (v for _, v in present), key=int)))
         else:
             dtype = present[0][1].dtype
             buffer = (np.array(to_host(fresh[name]), dtype) if name in fresh
@@ -296,5 +328,5 @@ def pack_state_from_entries(
             for slot, value in present:
                 start = pack.layout.offsets[slot]
                 flat[start:start + value.size] = value.reshape(-1)
-            fields[name] = jax.device_put(buffer, pack.buffer.sharding)
+            fields[name] = put_like(pack.buffer, buffer)
     return state_type(factory)(**fields), initialized

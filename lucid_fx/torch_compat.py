@@ -22,11 +22,11 @@ math. Two things differ, and the conversion handles both:
   buffer of zeros converts either way.
 - ``step``: torch stores a float tensor, lucid_fx an int32 count.
 
-torch's group keys that do not change the math (``foreach``, ``capturable``,
-``differentiable``, ``fused``, and ``initial_lr`` that its LR schedulers add)
-are dropped on import; lucid_fx's own options that torch lacks
-(``skip_nonfinite``, ``state_dtype``) and its ``skipped`` counter are dropped
-on export. Complex parameters do not convert: torch treats their real and
+torch's implementation options (``foreach``, ``capturable``, ``differentiable``,
+``fused``) are kept both ways, as both sides keep them in their groups; the
+``initial_lr`` of torch's LR schedulers is dropped on import. lucid_fx's own
+options that torch lacks (``skip_nonfinite``, ``state_dtype``) and its
+``skipped`` counter are dropped on export. Complex parameters do not convert: torch treats their real and
 imaginary parts as separate elements (two running averages), lucid_fx uses
 |g|² (one real average).
 
@@ -52,70 +52,73 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx import state_schema
+from lucid_fx.host_array import from_torch, torch_tensor
 from lucid_fx.state_schema import Field
 
 StateDict = dict[str, Any]
 
-# Keys of torch.optim.RMSprop's param groups that lucid_fx has no use for: they
-# choose torch's kernels (or record a scheduler's base lr), not the math.
-TORCH_ONLY_GROUP_KEYS = frozenset({"foreach", "capturable", "differentiable", "fused"})
-_DROPPED_ON_IMPORT = TORCH_ONLY_GROUP_KEYS | {"initial_lr"}
-# lucid_fx's own options, which torch lacks: dropped on export, kept on import.
+# A scheduler's record of the base lr, which torch's dicts carry: lucid_fx's own
+# scheduler sets it in the optimizer it drives, so an imported one is not taken over.
+_DROPPED_ON_IMPORT = frozenset({"initial_lr"})
+# lucid_fx's own options, which torch lacks: dropped on export, kept on import. Every
+# group of a lucid_fx state dict holds them, so they tell its dicts from torch's.
 LUCID_ONLY_OPTIONS = frozenset({"skip_nonfinite", "state_dtype"})
 _NOT_FOR_TORCH = frozenset({"params", "param_names"}) | LUCID_ONLY_OPTIONS
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
-def _is_torch_tensor(x: Any) -> bool:
-    # Checked by module name so that lucid_fx never imports torch unless asked to.
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
-
-
 def is_torch_state_dict(state_dict: Any) -> bool:
-    """True when ``state_dict`` is in ``torch.optim.RMSprop.state_dict()``'s form.
+    """True when ``state_dict`` is in torch's form (``torch.optim.<Optimizer>.state_dict()``).
 
-    That is: a group holds one of torch's own keys (``foreach``, ``capturable``,
-    ``differentiable``, ``fused``), or the state holds torch tensors. lucid_fx's
-    own state dicts have neither. A torch dict whose tensors were turned into
-    NumPy arrays is still recognised by its group keys (keep them).
+    Every group of a lucid_fx state dict holds lucid_fx's own options
+    (``skip_nonfinite``, ``state_dtype``), which torch's never do; torch's
+    implementation options (``foreach``, ...) sit in both, and tensors too once
+    a lucid_fx dict went through ``torch.save`` and ``torch.load``, so neither can
+    tell them apart. The answer decides whether a buffer is converted
+    (RMSprop's momentum), so a dict with those options in some groups and not
+    in others is refused (``ValueError``) rather than guessed.
     """
     if not isinstance(state_dict, Mapping):
         return False
     groups = state_dict.get("param_groups")
-    state = state_dict.get("state")
-    if isinstance(groups, (list, tuple)) and any(
-        isinstance(g, Mapping) and TORCH_ONLY_GROUP_KEYS & set(g) for g in groups
-    ):
-        return True
-    return isinstance(state, Mapping) and any(
-        isinstance(entry, Mapping) and any(_is_torch_tensor(v) for v in entry.values())
-        for entry in state.values()
-    )
+    if not isinstance(groups, (list, tuple)):
+        return False
+    ours = {i: bool(LUCID_ONLY_OPTIONS & set(g)) for i, g in enumerate(groups)
+            if isinstance(g, Mapping)}  # load_state_dict names any other entry
+    if any(ours.values()) and not all(ours.values()):
+        raise ValueError(
+            f"the state dict's groups {[i for i, o in ours.items() if not o]} lack "
+            f"lucid_fx's options {sorted(LUCID_ONLY_OPTIONS)} that its other groups hold: "
+            f"it is neither a lucid_fx state dict nor a torch one (was it edited?)"
+        )
+    return not any(ours.values())
 
 
-def _to_numpy(value: Any) -> Any:
-    """A private NumPy copy of a torch tensor (bfloat16 included); other values as given."""
-    if not _is_torch_tensor(value):
-        return value
-    import torch
+def with_numpy_values(state_dict: Any) -> Any:
+    """``state_dict`` with every torch tensor of its per-parameter state as a NumPy copy.
 
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:  # NumPy has no bfloat16; ml_dtypes' (jnp's) does
-        return value.view(torch.int16).numpy().view(jnp.bfloat16).copy()
-    return value.numpy().copy()
+    A lucid_fx state dict saved with ``torch.save`` comes back from ``torch.load``
+    with tensors where it had arrays (:class:`lucid_fx.host_array.HostArray`);
+    this gives the arrays back, bit for bit. Anything else is returned as given.
+    """
+    if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping):
+        return state_dict
+    state = {index: {k: from_torch(v) for k, v in entry.items()} if isinstance(entry, Mapping)
+             else entry for index, entry in state_dict["state"].items()}
+    return {**state_dict, "state": state}
 
 
 def _to_number(value: Any) -> Any:
     """A Python number for a 0-d tensor or array hyper-parameter; other values as given."""
-    value = _to_numpy(value)
+    value = from_torch(value)
     if isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.shape(value) == ():
         return np.asarray(value).item()
     return value
@@ -175,7 +178,7 @@ def state_dict_from_torch(
         if not isinstance(entry, Mapping):
             state[index] = entry  # load_state_dict names the problem
             continue
-        arrays = {k: _to_numpy(v) for k, v in entry.items() if v is not None}
+        arrays = {k: from_torch(v) for k, v in entry.items() if v is not None}
         buffers = [np.asarray(v) for k, v in arrays.items()
                    if k in schema and schema[k].kind == "buffer"]
         converted: dict[str, Any] = {}
@@ -248,15 +251,6 @@ def _check_layout(state_dict: Any) -> None:
         )
 
 
-def _torch_tensor(array: Any) -> Any:
-    import torch
-
-    array = np.ascontiguousarray(np.asarray(array))
-    if array.dtype == jnp.bfloat16:
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(array.copy())
-
-
 def state_dict_to_torch(
     state_dict: Mapping[str, Any],
     schema: Mapping[str, Field],
@@ -264,10 +258,16 @@ def state_dict_to_torch(
     *,
     convert: BufferConversion | None = None,
     tensors: bool = True,
+    param_names: ParamNames | None = None,
 ) -> StateDict:
     """An ``Optimizer.state_dict()`` in the form the matching ``torch.optim`` class loads.
 
-    Only torch's keys go out (``schema``'s ``torch_key`` fields, and every group
+    torch's ``load_state_dict`` pairs parameters by position (it ignores
+    ``param_names``), so ``param_names``, the names of the torch side's
+    parameters in its order, puts the state in that order
+    (:func:`in_torch_order`); without it the order is lucid_fx's, and each
+    group carries its ``param_names`` (when the optimizer has them) for a reader
+    to check. Only torch's keys go out (``schema``'s ``torch_key`` fields, and every group
     key but lucid_fx's own ``skip_nonfinite`` and ``state_dtype``); step counts
     become float32 scalars, as torch keeps them. Buffers that a group's
     configuration uses (``uses(group)``) but the state lacks yet (momentum
@@ -281,7 +281,9 @@ def state_dict_to_torch(
         ``convert`` refuses a buffer.
     """
     _check_layout(state_dict)
-    as_value = _torch_tensor if tensors else np.asarray
+    if param_names is not None:
+        state_dict = in_torch_order(state_dict, param_names)
+    as_value = torch_tensor if tensors else np.asarray
     groups, group_of = [], {}
     for gi, group in enumerate(state_dict["param_groups"]):
         if callable(group.get("lr")):
@@ -293,7 +295,6 @@ def state_dict_to_torch(
             key: _to_number(value) for key, value in group.items()
             if key not in _NOT_FOR_TORCH
         }
-        torch_group.update(capturable=False, foreach=None, differentiable=False)
         torch_group["params"] = list(group["params"])
         if "param_names" in group:  # torch >= 2.6 keeps them beside the indices
             torch_group["param_names"] = list(group["param_names"])
@@ -331,6 +332,88 @@ def state_dict_to_torch(
             converted[key] = as_value(array)
         state[index] = converted
     return {"state": state, "param_groups": groups}
+
+
+# The torch side's parameter names in its order: one flat list (model.named_parameters()),
+# or one list per param group.
+ParamNames = Sequence[str] | Sequence[Sequence[str]]
+
+
+def torch_positions(state_dict: Mapping[str, Any], param_names: ParamNames) -> list[list[Any]]:
+    """Per group, the state dict's parameter indices in the torch side's order.
+
+    ``param_names`` is either one flat list, the torch model's order
+    (``[n for n, _ in model.named_parameters()]``): each group keeps its
+    parameters, ordered as the list orders them; or one list per group, each the
+    exact order of torch's group. Every name of the state dict must be listed
+    once, and nothing else (``ValueError`` naming the missing, unknown and
+    repeated names). The state dict must name its parameters (an optimizer made
+    from ``fx.named_parameters``).
+    """
+    if isinstance(param_names, str):
+        raise TypeError("param_names must be a list of names (or one list per group), "
+                        "not one string")
+    groups = state_dict["param_groups"]
+    if not all("param_names" in g for g in groups):
+        raise ValueError(
+            "param_names pairs parameters by name, but this optimizer's parameters have no "
+            "names: create it with fx.named_parameters(model)"
+        )
+    ours = [list(g["param_names"]) for g in groups]
+    if param_names and all(isinstance(n, str) for n in param_names):
+        flat = list(cast(Sequence[str], param_names))
+        _check_names(flat, [n for names in ours for n in names], "param_names")
+        position = {name: i for i, name in enumerate(flat)}
+        wanted = [sorted(names, key=position.__getitem__) for names in ours]
+    else:
+        wanted = [list(names) for names in param_names]
+        if len(wanted) != len(groups):
+            raise ValueError(
+                f"param_names has {len(wanted)} list(s), the state dict {len(groups)} param "
+                f"group(s): give one list per group, or one flat list"
+            )
+        for gi, (names, mine) in enumerate(zip(wanted, ours)):
+            _check_names(names, mine, f"param_names[{gi}]")
+    return [[dict(zip(g["param_names"], g["params"]))[name] for name in names]
+            for g, names in zip(groups, wanted)]
+
+
+def in_torch_order(state_dict: Mapping[str, Any], param_names: ParamNames) -> StateDict:
+    """``state_dict`` with its parameters in the torch side's order (see
+    :func:`torch_positions`), renumbered 0, 1, ... across groups as torch numbers them.
+
+    Example:
+      >>> import numpy as np
+      >>> from lucid_fx.torch_compat import in_torch_order
+      >>> ours = {"state": {0: {"step": np.int32(1)}},
+      ...         "param_groups": [{"lr": 0.1, "params": [0, 1], "param_names": ["b", "w"]}]}
+      >>> torch_order = in_torch_order(ours, ["w", "b"])
+      >>> torch_order["param_groups"][0]["param_names"], torch_order["state"]
+      (['w', 'b'], {1: {'step': np.int32(1)}})
+    """
+    positions = torch_positions(state_dict, param_names)
+    name_of = {i: n for g in state_dict["param_groups"]
+               for i, n in zip(g["params"], g["param_names"])}
+    new_groups, new_state, count = [], {}, 0
+    for group, old in zip(state_dict["param_groups"], positions):
+        indices = list(range(count, count + len(old)))
+        count += len(old)
+        for new, index in zip(indices, old):
+            if index in state_dict["state"]:
+                new_state[new] = state_dict["state"][index]
+        new_groups.append({**group, "params": indices, "param_names": [name_of[i] for i in old]})
+    return {"state": new_state, "param_groups": new_groups}
+
+
+def _check_names(given: Sequence[str], mine: Sequence[str], what: str) -> None:
+    """Raises ``ValueError`` unless ``given`` lists each of ``mine`` once, and nothing else."""
+    repeated = sorted({n for n in given if list(given).count(n) > 1})
+    missing, unexpected = sorted(set(mine) - set(given)), sorted(set(given) - set(mine))
+    if repeated or missing or unexpected:
+        raise ValueError(
+            f"{what} must list this optimizer's parameter names once each: missing "
+            f"{missing}, unknown {unexpected}, repeated {repeated}"
+        )
 
 
 def rmsprop_state_dict_to_torch(

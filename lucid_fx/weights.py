@@ -37,8 +37,9 @@ from jax.tree_util import keystr
 
 from lucid_fx.autodiff import Parameter
 from lucid_fx.base import PyTree
+from lucid_fx.host_array import from_torch, host_array
 from lucid_fx.naming import KeyPath, dotted_name
-from lucid_fx.placement import to_host
+from lucid_fx.placement import put_like, to_host
 
 __all__ = ["load_state_dict", "load_values", "state_dict", "values"]
 
@@ -60,23 +61,6 @@ def _snapshot(p: Parameter) -> jax.Array:
     # A copy (same sharding, committed or not): an optimizer donates the buffers it
     # holds, which would delete an array returned by reference.
     return jnp.array(p.value, copy=True)
-
-
-def _placed(old: jax.Array, value: Any) -> jax.Array:
-    """A private copy of ``value`` placed as ``old`` is: its sharding, committed or not.
-
-    A copy, because the caller's array must not become the Parameter's buffer (an
-    optimizer may donate it; a NumPy array may be written to later). Committedness
-    is kept too: an uncommitted Parameter (on the default device) may share a
-    computation with sharded ones, a committed single-device one may not.
-    """
-    if old.committed:
-        # np.array first: device_put may alias aligned host memory even with may_alias=False.
-        source = value if isinstance(value, jax.Array) else np.array(value)
-        return jax.device_put(source, old.sharding, may_alias=False)
-    if isinstance(value, jax.Array) and value.committed:
-        value = to_host(value)  # the only way to an uncommitted array
-    return jnp.array(value, copy=True)
 
 
 def values(tree: PyTree) -> PyTree:
@@ -105,11 +89,10 @@ def _checked_array(where: str, p: Parameter, value: Any) -> Any:
         raise TypeError(
             f"{where} is a Parameter; expected an array: pass values(tree) rather than the tree"
         )
+    value = from_torch(value)  # a torch module's state dict, or ours back from torch.load
     if not isinstance(value, (np.ndarray, np.generic, jax.Array)):
-        hint = " (convert a torch tensor with .detach().cpu().numpy())" if hasattr(
-            value, "detach") else ""
         raise TypeError(
-            f"{where} is a {type(value).__name__}; expected a NumPy or JAX array{hint}"
+            f"{where} is a {type(value).__name__}; expected a NumPy or JAX array or a torch tensor"
         )
     shape, dtype = tuple(np.shape(value)), np.dtype(value.dtype)
     if shape != p.shape or dtype != p.dtype:
@@ -137,7 +120,7 @@ def _write(pairs: Sequence[tuple[str, Parameter, Any]]) -> None:
                 f"{first[0]} and {where} are the same Parameter but are given different arrays"
             )
     # Every copy is made before the first write, so a failing transfer changes nothing.
-    placed = [(p, _placed(p.value, value)) for _, p, value in checked.values()]
+    placed = [(p, put_like(p.value, value)) for _, p, value in checked.values()]
     for p, value in placed:
         p.value = value
 
@@ -221,7 +204,7 @@ def state_dict(tree: PyTree) -> dict[str, np.ndarray]:
       >>> state_dict(model)
       {'fc1.bias': array([0.], dtype=float32), 'fc1.weight': array([[1., 1.]], dtype=float32)}
     """
-    return {name: to_host(p.value) for name, p in _named(tree)}
+    return {name: host_array(to_host(p.value)) for name, p in _named(tree)}
 
 
 def load_state_dict(tree: PyTree, state_dict: Mapping[str, Any]) -> None:
@@ -233,10 +216,11 @@ def load_state_dict(tree: PyTree, state_dict: Mapping[str, Any]) -> None:
     tree (keys sorted) loads a torch module's state dict (registration order)
     by name. Missing or unexpected names raise one ``ValueError`` listing both;
     a wrong shape or dtype raises ``ValueError`` naming the entry; in every case
-    no Parameter has changed. Values are NumPy or JAX arrays (for torch, pass
-    ``{k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}``,
-    with buffers such as batch-norm statistics left out). Each Parameter gets a
-    copy placed with its current sharding, also inside an optimizer's storage.
+    no Parameter has changed. Values are NumPy or JAX arrays or torch tensors (a
+    torch ``module.state_dict()``, with buffers such as batch-norm statistics left
+    out, or this module's :func:`state_dict` back from ``torch.load``). Each
+    Parameter gets a copy placed with its current sharding, also inside an
+    optimizer's storage.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, lucid_fx as fx

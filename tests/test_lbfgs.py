@@ -46,8 +46,11 @@ torch = pytest.importorskip(
 # and ≤ 2e-11 with the same gradients (40 iterations of the 10-D Rosenbrock with the
 # line search, where torch against itself with one-ulp gradients differs by 4e-12).
 RTOL_F64 = 1e-10
-# float32, 6 iterations of the 10-D Rosenbrock and 20 of the logistic regression:
-# measured ≤ 3e-7, a few ulps (6e-8) of the same origin.
+# float32, 6 iterations of the 10-D Rosenbrock and 10 of the logistic regression:
+# measured ≤ 3e-7, a few ulps (6e-8) of the same origin. (By its 11th iteration the
+# logistic loss is within float32's resolution of its minimum, where each side's last
+# ulp decides the stopping tests and the line search: there the runs part, by how
+# torch's vectorized reductions round on the CPU at hand, AVX-512 or not.)
 RTOL_F32 = 2e-6
 LINE_SEARCHES = [None, "strong_wolfe"]
 
@@ -325,7 +328,7 @@ F32_CASES = [(name, ls) for name, ls in CASES if name != "rosenbrock2"]  # compi
 @pytest.mark.parametrize(("name", "line_search_fn"), F32_CASES,
                          ids=[f"{n}-{ls or 'fixed_step'}" for n, ls in F32_CASES])
 def test_float32_matches_torch(name: str, line_search_fn: str | None) -> None:
-    steps, max_iter = (4, 5) if name == "logistic" else (3, 2)
+    steps, max_iter = (2, 5) if name == "logistic" else (3, 2)
     hyper = {"max_iter": max_iter, "line_search_fn": line_search_fn}
     theirs = run_torch(PROBLEMS[name], np.float32, steps, **hyper)
     ours = run_ours(PROBLEMS[name], np.float32, steps, **hyper)
@@ -524,6 +527,62 @@ def test_loads_torch_state_dict_and_torch_loads_ours(x64: None, line_search_fn: 
     assert iterate_error(torch_from_ours, theirs_rest) <= RTOL_F64
     assert state_error(ours_from_torch.optimizer.state_dict()["state"][0],
                        theirs_rest.optimizer.state_dict()["state"][0]) <= RTOL_F64
+
+
+@pytest.mark.parametrize("line_search_fn", LINE_SEARCHES)
+def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(
+    x64: None, line_search_fn: str | None
+) -> None:
+    """torch registers w, then b; a dict model lists b, then w: the flat vectors (d, the
+    pairs, the last gradient) follow the parameters' order, so a checkpoint crosses by
+    name, its vectors' pieces reordered, and the run goes on as one torch run."""
+    problem, hyper = PROBLEMS["logistic"], {"max_iter": 3, "line_search_fn": line_search_fn}
+
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(problem.x0[0]))
+            self.b = torch.nn.Parameter(torch.tensor(problem.x0[1]))
+
+    def torch_steps(module: Any, opt: Any, n: int) -> None:
+        def closure() -> Any:
+            opt.zero_grad()
+            f, (gw, gb) = problem.numpy_loss([module.w.detach().numpy(), module.b.detach().numpy()])
+            module.w.grad, module.b.grad = torch.from_numpy(gw), torch.from_numpy(gb)
+            return torch.tensor(f)
+        for _ in range(n):
+            opt.step(closure)
+
+    with one_torch_thread(torch):
+        reference = Module()
+        torch_steps(reference, torch.optim.LBFGS(reference.parameters(), **hyper), 6)
+        module = Module()
+        their_opt = torch.optim.LBFGS(module.named_parameters(), **hyper)
+        torch_steps(module, their_opt, 2)
+    model = {n: fx.Parameter(jnp.asarray(p.detach().numpy())) for n, p in module.named_parameters()}
+    ours = fx.LBFGS(fx.named_parameters(model), **hyper)
+    ours.load_state_dict(their_opt.state_dict())
+
+    def closure() -> Any:
+        ours.zero_grad()
+        f, (gw, gb) = problem.numpy_loss([np.asarray(model["w"].value), np.asarray(model["b"].value)])
+        model["w"].grad, model["b"].grad = jnp.asarray(gw), jnp.asarray(gb)
+        return f
+
+    for _ in range(2):
+        ours.step(closure)
+    def torch_goes_on(exported: Any) -> Any:
+        with one_torch_thread(torch):
+            back = Module()
+            back_opt = torch.optim.LBFGS(back.parameters(), **hyper)  # unnamed: by position
+            back_opt.load_state_dict(exported)
+            back.w.data, back.b.data = (torch.tensor(np.asarray(model[n].value)) for n in "wb")
+            torch_steps(back, back_opt, 2)
+        return max(rel(getattr(back, n).detach().numpy(), getattr(reference, n).detach().numpy())
+                   for n in "wb")
+
+    assert torch_goes_on(ours.torch_state_dict(param_names=["w", "b"])) <= RTOL_F64
+    assert torch_goes_on(ours.torch_state_dict()) > 1e-6  # in our order: not torch's run
 
 
 def test_state_is_kept_under_the_first_parameter(x64: None) -> None:

@@ -114,7 +114,8 @@ def test_torch_state_dict_loads_and_continues_as_torch(config: str, values_as: s
             assert np.array_equal(entry["momentum_buffer"], expected.astype(np.float32))
         assert set(entry) == set(torch_entry)
     assert [g["lr"] for g in ours.optimizer.param_groups] == list(LRS)
-    assert not set(ours.optimizer.param_groups[0]) & torch_compat.TORCH_ONLY_GROUP_KEYS
+    for key in ("foreach", "capturable", "differentiable"):  # kept as torch keeps them
+        assert ours.optimizer.param_groups[0][key] == sd["param_groups"][0][key]
 
     theirs.steps(BEFORE, AFTER)
     ours.steps(BEFORE, AFTER)
@@ -259,3 +260,25 @@ def test_only_torch_state_dicts_are_treated_as_torch() -> None:
     assert torch_compat.is_torch_state_dict(theirs.optimizer.state_dict())
     assert torch_compat.is_torch_state_dict(numpy_copy(theirs.optimizer.state_dict()))
     assert not torch_compat.is_torch_state_dict([1, 2])
+    mixed = ours.optimizer.state_dict()
+    mixed["param_groups"].append(theirs.optimizer.state_dict()["param_groups"][0])
+    with pytest.raises(ValueError, match=r"groups \[2\] lack lucid_fx's options"):
+        torch_compat.is_torch_state_dict(mixed)
+
+
+def test_our_state_dict_through_torch_save_is_still_ours(tmp_path: Any) -> None:
+    """torch.load's default gives tensors back, and our groups hold torch's implementation
+    options now: neither may make our dict look like torch's, or RMSprop's momentum
+    buffer would be converted (multiplied by lr) on the way back in."""
+    ours = LucidSide(initial_values(), momentum=0.9)  # each group its own lr (LRS)
+    ours.steps(0, 3)
+    saved = ours.optimizer.state_dict()
+    torch.save(saved, tmp_path / "optimizer.pt")
+    loaded = torch.load(tmp_path / "optimizer.pt")  # the default, weights_only=True
+    assert not torch_compat.is_torch_state_dict(loaded)
+    resumed = LucidSide(ours.values(), momentum=0.9)
+    resumed.optimizer.load_state_dict(loaded)
+    for index, entry in resumed.optimizer.state_dict()["state"].items():
+        for key, value in entry.items():
+            assert value.dtype == saved["state"][index][key].dtype
+            assert value.tobytes() == saved["state"][index][key].tobytes(), (index, key)

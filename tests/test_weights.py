@@ -337,13 +337,36 @@ def test_bad_values_raise_and_change_nothing(case: str, held: bool) -> None:
     assert bits(model) == before
 
 
-def test_torch_tensor_is_refused_with_a_hint() -> None:
+def test_torch_tensors_load_as_arrays() -> None:
+    """A torch module's state dict, or ours back from torch.load, loads as it is."""
     torch = pytest.importorskip("torch", reason="checked against real torch modules (pip install 'lucid_fx[test]')")
-    model = {"w": fx.Parameter(jnp.zeros(2))}
-    with pytest.raises(TypeError, match=r"\.detach\(\)\.cpu\(\)\.numpy\(\)"):
-        load_values(model, {"w": torch.zeros(2)})
-    with pytest.raises(TypeError, match=r"'w' is a Tensor"):
-        load_state_dict(model, {"w": torch.zeros(2)})
+    model = {"w": fx.Parameter(jnp.zeros(2)), "h": fx.Parameter(jnp.zeros((), jnp.bfloat16))}
+    load_values(model, {"w": torch.ones(2), "h": torch.tensor(0.5, dtype=torch.bfloat16)})
+    assert model["w"].value.tolist() == [1.0, 1.0] and float(model["h"].value) == 0.5
+    load_state_dict(model, {"w": torch.full((2,), 2.0), "h": torch.tensor(1.5).bfloat16()})
+    assert model["w"].value.tolist() == [2.0, 2.0] and float(model["h"].value) == 1.5
+    with pytest.raises(ValueError, match=r"'w': expected shape \(2,\) and dtype float32, got "
+                                         r"shape \(2,\) and dtype float64"):
+        load_state_dict(model, {"w": torch.zeros(2, dtype=torch.float64),
+                                "h": torch.zeros((), dtype=torch.bfloat16)})
+
+
+def test_state_dict_goes_through_torch_save_and_the_default_torch_load(tmp_path: Any) -> None:
+    """torch.load's default (weights_only=True) refuses NumPy objects: our dict's arrays
+    are written as tensors by torch.save, and come back bit for bit."""
+    torch = pytest.importorskip("torch", reason="torch.save and torch.load are torch's (pip install 'lucid_fx[test]')")
+    model = make_model(0)
+    model["half"] = fx.Parameter(jnp.full((), 1.5, jnp.bfloat16))
+    flat = state_dict(model)
+    torch.save(flat, tmp_path / "weights.pt")
+    loaded = torch.load(tmp_path / "weights.pt")  # the default: weights_only=True
+    assert all(isinstance(v, torch.Tensor) for v in loaded.values())
+    fresh = make_model(1)
+    fresh["half"] = fx.Parameter(jnp.zeros((), jnp.bfloat16))
+    load_state_dict(fresh, loaded)
+    assert state_dict(fresh).keys() == flat.keys()
+    for name, value in state_dict(fresh).items():
+        assert value.shape == flat[name].shape and value.tobytes() == flat[name].tobytes(), name
 
 
 def _flat_edit(change: Any) -> dict[str, Any]:
@@ -418,7 +441,7 @@ def test_state_dict_names_and_host_copies() -> None:
     flat = state_dict(model)
     assert list(flat) == ["big", "blocks.0", "blocks.1.scale", "fc1.bias", "fc1.weight",
                           "fc2.bias", "fc2.weight"]
-    assert all(type(a) is np.ndarray for a in flat.values())
+    assert all(isinstance(a, np.ndarray) for a in flat.values())
     flat["fc1.bias"][:] = 0.0
     assert not np.array_equal(np.asarray(model["fc1"]["bias"].value), flat["fc1.bias"])
 
