@@ -35,6 +35,7 @@ from lucid_fx import state_schema
 from lucid_fx.base import GradientTransformation, apply_updates
 from lucid_fx.hyperparameters import PreciseScalar, as_precise, is_static
 from lucid_fx.packing import PackLayout, ParamPack, per_array, per_element, slot_mask
+from lucid_fx.placement import commit_like
 from lucid_fx.state_schema import Field
 from lucid_fx.validation import is_static_zero
 
@@ -164,7 +165,7 @@ def complete_state(
         if kind == "per_parameter":
             new = jnp.broadcast_to(new, t.shape).astype(t.dtype)
         if old is None:
-            fields[name] = new
+            fields[name] = commit_like(pack.buffer, new)
         elif first.any():
             fields[name] = masked(first, pack.layout, kind, new, old)
         else:

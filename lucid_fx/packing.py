@@ -129,11 +129,16 @@ def unpack(
 
 
 @functools.lru_cache(maxsize=64)
-def traced_offsets(layout: PackLayout, device: jax.Device) -> tuple[jax.Array, ...]:
-    """``layout``'s offsets as int32 scalars on ``device``, for :func:`unpack`'s ``starts``.
+def traced_offsets(
+    layout: PackLayout, device: jax.Device, committed: bool
+) -> tuple[jax.Array, ...]:
+    """``layout``'s offsets as int32 scalars on ``device``, for :func:`unpack`'s ``starts``;
+    ``committed`` to it as the buffer they cut is (see :func:`lucid_fx.placement.put_like`).
 
     Made once per layout and device: each call's cost is then only passing them.
     """
+    if not committed:
+        return tuple(jnp.asarray(np.int32(o)) for o in layout.offsets)
     return tuple(jax.device_put(np.int32(o), device) for o in layout.offsets)
 
 
@@ -328,7 +333,8 @@ class ParamPack:
         """
         if not self.layout.flat:
             return ()
-        return traced_offsets(self.layout, next(iter(self.buffer.sharding.device_set)))
+        return traced_offsets(self.layout, next(iter(self.buffer.sharding.device_set)),
+                              self.buffer.committed)
 
     def check_grads(self, caller: str = "") -> None:
         """Raises unless every gradient assigned by hand fits its slot (:func:`check_grad`).

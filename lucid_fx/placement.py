@@ -4,7 +4,9 @@ Every module that makes or moves arrays for a parameter uses these (the
 transforms' state, ``fx.backward``'s gradients, clipping, state dicts):
 :func:`shard_like` ties a computed array (a gradient) to its parameter's
 sharding, :func:`zeros_like_param` makes a state buffer laid out like its
-parameter, :func:`to_host` gathers an array that spans hosts, and
+parameter, :func:`put_like` places a copy of a host or device array as another
+array is placed (a loaded value as its Parameter), :func:`to_host` gathers an
+array that spans hosts, and
 :func:`bytes_per_device` measures what each device holds. They are public as
 ``lucid_fx.sharding.*``, next to the scale-out tools that build on them
 (:mod:`lucid_fx.sharding`); they live here so that the rest of the library
@@ -78,6 +80,49 @@ def zeros_like_param(param: Any, dtype: Any | None = None) -> jax.Array:
              [0, 0, 0]], dtype=bfloat16)
     """
     return shard_like(param, jnp.zeros_like(param, dtype=dtype))
+
+
+def put_like(reference: jax.Array, value: Any) -> jax.Array:
+    """A private copy of ``value`` placed as ``reference`` is: its sharding, committed or not.
+
+    A copy, because the caller's array must not become a buffer that an optimizer
+    donates (nor a NumPy array the caller may write to later). Committedness is
+    kept too, for two reasons. An uncommitted array (on the default device) may
+    share a computation with sharded ones, a committed single-device one may not.
+    And ``jax.jit`` compiles anew when an argument's committedness changes: an
+    array made for an uncommitted Parameter that came out committed would
+    compile every step function that meets it twice.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from lucid_fx.placement import put_like
+      >>> put_like(jnp.zeros(2), np.ones(2)).committed
+      False
+      >>> put_like(jax.device_put(jnp.zeros(2), jax.devices()[0]), np.ones(2)).committed
+      True
+    """
+    if reference.committed:
+        # np.array first: device_put may alias aligned host memory even with may_alias=False.
+        source = value if isinstance(value, jax.Array) else np.array(value)
+        return jax.device_put(source, reference.sharding, may_alias=False)
+    if isinstance(value, jax.Array) and value.committed:
+        value = to_host(value)  # the only way to an uncommitted array
+    return jnp.array(value, copy=True)
+
+
+def commit_like(reference: jax.Array, value: jax.Array) -> jax.Array:
+    """``value``, a small array made for ``reference`` (a count per parameter), committed to
+    ``reference``'s one device when ``reference`` is committed there.
+
+    An array made from nothing (``jnp.zeros``) is uncommitted; beside a committed
+    buffer, a compiled step gives its successor back committed, and ``jax.jit``
+    compiles once more for that (:func:`put_like`). Where ``reference`` spans
+    several devices, ``value`` is returned as it is: the computation places it.
+    """
+    devices = reference.sharding.device_set
+    if not reference.committed or value.committed or len(devices) != 1:
+        return value
+    return jax.device_put(value, next(iter(devices)))
 
 
 def bytes_per_device(tree: PyTree) -> dict[jax.Device, int]:

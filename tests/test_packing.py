@@ -48,7 +48,7 @@ def test_per_element_per_array_and_unpack_agree_with_numpy(
                 unpack(buffer, layout), unpack(buffer, layout, starts))
 
     spread, back, spread_mask, cut, cut_at = expand(
-        values, mask, buffer, traced_offsets(layout, jax.devices()[0]))
+        values, mask, buffer, traced_offsets(layout, jax.devices()[0], True))
     if len(layout) == 1:
         assert spread.shape == () and int(spread) == values[0]
     else:
@@ -73,10 +73,13 @@ def test_the_expansion_compiles_to_a_gather_without_a_cumulative_sum() -> None:
 def test_traced_offsets_are_made_once_per_layout_and_device() -> None:
     layout = PackLayout([(2, 3), (4,), ()], np.float32)
     device = jax.devices()[0]
-    offsets = traced_offsets(layout, device)
+    offsets = traced_offsets(layout, device, True)
     assert [int(o) for o in offsets] == [0, 6, 10]
-    assert all(o.dtype == np.int32 and o.devices() == {device} for o in offsets)
-    assert traced_offsets(PackLayout([(2, 3), (4,), ()], np.float32), device) is offsets
+    assert all(o.dtype == np.int32 and o.devices() == {device} and o.committed for o in offsets)
+    assert traced_offsets(PackLayout([(2, 3), (4,), ()], np.float32), device, True) is offsets
+    # For an uncommitted buffer, uncommitted: a committed offset would commit every result
+    # it meets, and the next call, given those, would compile again.
+    assert not any(o.committed for o in traced_offsets(layout, device, False))
 
 
 def test_a_pack_gives_its_offsets_on_its_own_device_and_none_unflattened() -> None:
