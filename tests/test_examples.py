@@ -172,3 +172,36 @@ def test_jax_cartpole_reset_draws_gymnasium_start_range(
     assert starts.shape == (2000, 4)
     assert starts.min() >= -0.05 and starts.max() < 0.05
     assert starts.min() < -0.045 and starts.max() > 0.045  # the whole range is used
+
+
+# examples/port_torch_cnn.py --smoke (5 steps): float64 measured 8.9e-16, and at most
+# 8.9e-16 over 3 epochs for seeds 0-5; float32 rounding anywhere would show as ~1e-7.
+# float32 measured 0.0 (4.8e-7 at most over 3 epochs without a max-pool flip, see the
+# example): 1e-5 is 40 float32 units in the last place of the loss (~2.3). None of the
+# smoke's pool windows has its two largest values within 8e-6 of each other, so no flip.
+@pytest.mark.parametrize(("dtype", "tol"), [("float64", 1e-12), ("float32", 1e-5)])
+def test_port_torch_cnn_smoke_matches_torch_step_for_step(
+    load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
+    dtype: str, tol: float,
+) -> None:
+    pytest.importorskip("torch", reason="the example trains the torch model beside the port")
+    import jax
+    import torch
+
+    default_dtype, x64 = torch.get_default_dtype(), jax.config.jax_enable_x64
+    result = load_example("port_torch_cnn").main(["--smoke", "--dtype", dtype])
+    out = capsys.readouterr().out
+    assert len(result["losses_torch"]) == len(result["losses_fx"]) == 5
+    assert result["max_loss_diff"] < tol
+    printed = re.search(r"^largest per-step loss difference: (\d\.\d{3}e[+-]\d\d)$", out,
+                        re.MULTILINE)
+    assert printed, out
+    assert float(printed.group(1)) == pytest.approx(result["max_loss_diff"], rel=1e-3)
+    for name in ("torch", "lucid_fx"):
+        assert re.search(rf"^{name} test accuracy: \d{{1,3}}\.\d%$", out, re.MULTILINE)
+    # The same weights up to tol: the same predictions, but for at most one near tie
+    # among the 360 test images.
+    assert result["acc_fx"] == pytest.approx(result["acc_torch"], abs=1 / 360 + 1e-9)
+    # In-process: the caller's torch default dtype and JAX x64 setting are untouched.
+    assert torch.get_default_dtype() == default_dtype
+    assert jax.config.jax_enable_x64 == x64
