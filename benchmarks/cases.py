@@ -41,7 +41,7 @@ from harness import (
 )
 
 import lucid_fx as fx
-from lucid_fx.flat import FlatLayout, flatten
+from lucid_fx import FlatLayout, flatten
 
 LR, ALPHA, EPS, MOMENTUM = 0.01, 0.99, 1e-8, 0.9
 CONFIGS: dict[str, dict[str, Any]] = {

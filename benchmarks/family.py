@@ -5,7 +5,7 @@ Two rows per optimizer:
 - the functional step (jitted, donated) on one large float32 tensor, against
   optax's transform for the same algorithm and torch's single-tensor step; in the
   notes, for Adam and AdamW torch's ``fused=True`` CPU kernel, on CPU the same jitted
-  step compiled with ``lucid_fx.packed_step.CPU_COMPILER_OPTIONS``, and the stateful
+  step compiled with ``lucid_fx._src.stateful.steps.CPU_COMPILER_OPTIONS``, and the stateful
   ``step()`` over the same tensor (which compiles with those options on CPU);
 - the stateful ``step()`` over many small tensors with gradients assigned by hand,
   against optax's jitted tree step and torch's ``foreach=True`` step.
@@ -31,7 +31,7 @@ import optax
 from harness import Row, Settings, contender, interleave, jax_loop, medians, torch, transform_step
 
 import lucid_fx as fx
-from lucid_fx.packed_step import CPU_COMPILER_OPTIONS
+from lucid_fx._src.stateful.steps import CPU_COMPILER_OPTIONS
 
 WITH_CPU_OPTIONS = "lucid_fx (CPU_COMPILER_OPTIONS)"
 

@@ -1,18 +1,16 @@
-"""lucid_fx: torch's optimizers as JAX transforms, functional and stateful: RMSprop, SGD, Adam, AdamW."""
+"""lucid_fx: torch's optimizers and schedulers for JAX, functional and stateful, on one base.
 
-from lucid_fx import lr_scheduler, schedules
-from lucid_fx.adadelta import AdadeltaState, adadelta
-from lucid_fx.adadelta_optimizer import Adadelta
-from lucid_fx.adagrad import AdagradState, adagrad
-from lucid_fx.adagrad_optimizer import Adagrad
-from lucid_fx.adam import AdamState, adam, adamw
-from lucid_fx.adam_optimizer import Adam, AdamW
-from lucid_fx.adamax import AdamaxState, adamax
-from lucid_fx.adamax_optimizer import Adamax
-from lucid_fx.asgd import ASGDState, asgd
-from lucid_fx.asgd_optimizer import ASGD
-from lucid_fx.autodiff import Parameter, backward, named_parameters, parameters
-from lucid_fx.base import (
+Every optimizer exists twice, over one implementation: a pure transform
+(``fx.adam(...)``: ``init``/``update`` over pytrees, the optax protocol) and
+torch's stateful class (``fx.Adam(params, ...)``: ``param_groups``, ``step()``,
+state dicts, hooks). The submodules ``lucid_fx.lr_scheduler``,
+``lucid_fx.schedules``, ``lucid_fx.weights`` and ``lucid_fx.sharding`` hold torch's
+schedulers, their functional twins, a model's weights in and out, and scale-out.
+Everything under ``lucid_fx._src`` is private.
+"""
+
+from lucid_fx import lr_scheduler, schedules, sharding, weights
+from lucid_fx._src.core.base import (
     EmptyState,
     GradientTransformation,
     apply_updates,
@@ -20,25 +18,41 @@ from lucid_fx.base import (
     identity,
     stateless,
 )
-from lucid_fx.clip_grad import clip_grad_norm_, clip_grad_value_
-from lucid_fx.clipping import clip_by_global_norm, global_norm
-from lucid_fx.dispatch import limit_in_flight
-from lucid_fx.flat import FlatLayout, flatten
-from lucid_fx.lbfgs import LBFGS
-from lucid_fx.nadam import NAdamState, nadam
-from lucid_fx.nadam_optimizer import NAdam
-from lucid_fx.optimizer import Optimizer, RemovableHandle
-from lucid_fx.radam import RAdamState, radam
-from lucid_fx.radam_optimizer import RAdam
-from lucid_fx.rmsprop import RMSpropState, rmsprop
-from lucid_fx.rmsprop_optimizer import RMSprop
-from lucid_fx.rprop import RpropState, rprop
-from lucid_fx.rprop_optimizer import Rprop
-from lucid_fx.sgd import SGDState, sgd
-from lucid_fx.sgd_optimizer import SGD
-from lucid_fx.weights import load_values, values
+from lucid_fx._src.core.publishing import publish
+from lucid_fx._src.interop.weights import load_values, values
+from lucid_fx._src.scale.dispatch import limit_in_flight
+from lucid_fx._src.scale.flat import FlatLayout, flatten
+from lucid_fx._src.stateful.autodiff import Parameter, backward, named_parameters, parameters
+from lucid_fx._src.stateful.clip_grad import clip_grad_norm_, clip_grad_value_
+from lucid_fx._src.stateful.hooks import RemovableHandle
+from lucid_fx._src.stateful.lbfgs import LBFGS
+from lucid_fx._src.stateful.optimizer import Optimizer
+from lucid_fx._src.stateful.optimizers import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    NAdam,
+    RAdam,
+    RMSprop,
+    Rprop,
+)
+from lucid_fx._src.transforms.adadelta import AdadeltaState, adadelta
+from lucid_fx._src.transforms.adagrad import AdagradState, adagrad
+from lucid_fx._src.transforms.adam import AdamState, adam, adamw
+from lucid_fx._src.transforms.adamax import AdamaxState, adamax
+from lucid_fx._src.transforms.asgd import ASGDState, asgd
+from lucid_fx._src.transforms.clipping import clip_by_global_norm, global_norm
+from lucid_fx._src.transforms.nadam import NAdamState, nadam
+from lucid_fx._src.transforms.radam import RAdamState, radam
+from lucid_fx._src.transforms.rmsprop import RMSpropState, rmsprop
+from lucid_fx._src.transforms.rprop import RpropState, rprop
+from lucid_fx._src.transforms.sgd import SGDState, sgd
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ASGD",
@@ -95,6 +109,11 @@ __all__ = [
     "rprop",
     "schedules",
     "sgd",
+    "sharding",
     "stateless",
     "values",
+    "weights",
 ]
+
+publish(__name__, globals(), __all__)
+del publish

@@ -46,10 +46,10 @@ from reference import (
 )
 
 import lucid_fx as fx
-from lucid_fx import state_schema as schema
-from lucid_fx.adam import adam, adamw
-from lucid_fx.hyperparameters import as_precise, is_static
-from lucid_fx.sgd import sgd
+from lucid_fx._src.core import schema
+from lucid_fx._src.core.scalars import as_precise, is_static
+from lucid_fx._src.transforms.adam import adam, adamw
+from lucid_fx._src.transforms.sgd import sgd
 
 # Tolerances, as max_rel_error (|a - b| / max(1, |b|)) over every step and every leaf.
 # float32 against torch: both round each operation of the same formulas, in the same
@@ -712,7 +712,7 @@ def stateful_faces(name: str, dtype: Any, torch: Any) -> Faces:
     a pack) with the hyper-parameters traced as the stateful face traces them. Cached:
     the tests of test_family and the optimizers' own files read one run. A float64 run
     must be made under ``jax.enable_x64(True)``; it sets torch's default dtype too."""
-    from lucid_fx.packed_step import compiled_step
+    from lucid_fx._src.stateful.steps import compiled_step
 
     row = ROWS[name]
     assert row.stateful is not None

@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.adadelta`` and ``fx.Adadelta`` that are Adadelta's own: the grid,
+"""Tests of ``lucid_fx._src.transforms.adadelta`` and ``fx.Adadelta`` that are Adadelta's own: the grid,
 complex averages as torch's real pairs, optax, the state's layout, ρ = 1, and an average
 of squares that cannot be negative.
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from optimizers_under_test import ROWS, RTOL_REF_F32, side_by_side
 
-from lucid_fx.adadelta import AdadeltaState, adadelta
+from lucid_fx._src.transforms.adadelta import AdadeltaState, adadelta
 
 ROW = ROWS["adadelta"]
 

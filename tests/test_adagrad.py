@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.adagrad`` and ``fx.Adagrad`` that are Adagrad's own: the grid, complex
+"""Tests of ``lucid_fx._src.transforms.adagrad`` and ``fx.Adagrad`` that are Adagrad's own: the grid, complex
 sums as torch's real pairs, the per-element step of the kernel, the state's layout, each
 group's own initial_accumulator_value, and a sum that cannot be negative.
 
@@ -17,7 +17,7 @@ from optimizers_under_test import ROWS, one_torch_thread
 from reference import max_rel_error
 
 import lucid_fx as fx
-from lucid_fx.adagrad import AdagradState, adagrad, adagrad_kernel
+from lucid_fx._src.transforms.adagrad import AdagradState, adagrad, adagrad_kernel
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"

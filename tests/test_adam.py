@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.adam`` (Adam and AdamW): torch.optim.Adam/AdamW parity over every
+"""Tests of ``lucid_fx._src.transforms.adam`` (Adam and AdamW): torch.optim.Adam/AdamW parity over every
 flag combination, complex parameters as torch's real pairs, the float64 reference
 (tests/reference.py), optax, dtypes, schedules, skipping and errors.
 
@@ -35,7 +35,7 @@ from optimizers_under_test import (
 from reference import adam_reference, max_rel_error
 
 import lucid_fx as fx
-from lucid_fx.adam import AdamState, adam, adam_kernel, adamw
+from lucid_fx._src.transforms.adam import AdamState, adam, adam_kernel, adamw
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"
@@ -449,6 +449,6 @@ def test_state_from_other_flags_is_refused() -> None:
         adam().update(params, adam(amsgrad=True).init(params))
     with pytest.raises(TypeError, match=r"adam: state must be the AdamState made by this "
                                         r"transform's init, got SGDState"):
-        from lucid_fx.sgd import sgd
+        from lucid_fx._src.transforms.sgd import sgd
 
         adam().update(params, sgd().init(params))

@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.adamax`` and ``fx.Adamax`` that are Adamax's own: the grid, the
+"""Tests of ``lucid_fx._src.transforms.adamax`` and ``fx.Adamax`` that are Adamax's own: the grid, the
 complex infinity norm as torch's real pairs, the per-element step of the kernel, optax,
 the state's layout, and an infinity norm that cannot be negative.
 
@@ -17,7 +17,7 @@ import optax
 from optimizers_under_test import ROWS, RTOL_REF_F32, side_by_side
 from reference import max_rel_error
 
-from lucid_fx.adamax import AdamaxState, adamax, adamax_kernel
+from lucid_fx._src.transforms.adamax import AdamaxState, adamax, adamax_kernel
 
 ROW = ROWS["adamax"]
 

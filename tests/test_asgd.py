@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.asgd`` and ``fx.ASGD`` that are ASGD's own: the grid, the positional
+"""Tests of ``lucid_fx._src.transforms.asgd`` and ``fx.ASGD`` that are ASGD's own: the grid, the positional
 arguments by name, the state's layout with its per-parameter ``eta`` and ``mu`` and their
 dtype, and where the averaging starts in the stateful run.
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from optimizers_under_test import ROWS, stateful_faces
 
-from lucid_fx.asgd import ASGDState, asgd
+from lucid_fx._src.transforms.asgd import ASGDState, asgd
 
 ROW = ROWS["asgd"]
 

@@ -1,4 +1,4 @@
-"""Tests of the protocol and combinators in ``lucid_fx.base``, alone and mixed with optax."""
+"""Tests of the protocol and combinators in ``lucid_fx._src.core.base``, alone and mixed with optax."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.clip_grad``: torch's in-place ``clip_grad_norm_`` / ``clip_grad_value_``.
+"""Tests of ``lucid_fx._src.stateful.clip_grad``: torch's in-place ``clip_grad_norm_`` / ``clip_grad_value_``.
 
 Three kinds of storage are covered, because the functions read and write
 gradients where the optimizer keeps them: "packed" (an ``fx.RMSprop`` holds the
@@ -25,7 +25,7 @@ from optimizers_under_test import CompileCounter
 from reference import max_rel_error
 
 import lucid_fx as fx
-from lucid_fx.clip_grad import clip_grad_norm_, clip_grad_value_
+from lucid_fx._src.stateful.clip_grad import clip_grad_norm_, clip_grad_value_
 
 # float32: torch's CPU norm accumulates in float32 and drifts with the size (measured
 # against float64: 3.4e-6 for the 1-norm of 90000 entries, where XLA's sum is at 3e-8);

@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.clipping`` against NumPy float64 arithmetic."""
+"""Tests of ``lucid_fx._src.transforms.clipping`` against NumPy float64 arithmetic."""
 
 from __future__ import annotations
 

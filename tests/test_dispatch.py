@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lucid_fx as fx
-from lucid_fx import dispatch
+from lucid_fx._src.scale import dispatch
 
 
 @jax.jit
@@ -84,7 +84,7 @@ def test_stateful_step_waits_for_the_previous_step_only_over_several_devices(
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lucid_fx import optimizer as optimizer_module
+    from lucid_fx._src.stateful import optimizer as optimizer_module
 
     waits: list[int] = []
     real = optimizer_module.wait_for

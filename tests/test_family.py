@@ -54,8 +54,8 @@ from optimizers_under_test import (
 from reference import max_rel_error
 
 import lucid_fx as fx
-from lucid_fx import state_schema as schema
-from lucid_fx.packed_step import CPU_COMPILER_OPTIONS, compiled_step
+from lucid_fx._src.core import schema
+from lucid_fx._src.stateful.steps import CPU_COMPILER_OPTIONS, compiled_step
 
 
 def _torch() -> Any:
@@ -501,7 +501,7 @@ def test_stateful_face_matches_torch_in_float64(name: str) -> None:
 
 def _in_our_layout(torchs: Any, scale: float) -> np.ndarray:
     """A torch buffer in our layout (ours = torch's × Row.torch_scale), rounded once from
-    float64, as the conversion is documented (lucid_fx.torch_compat)."""
+    float64, as the conversion is documented (lucid_fx._src.interop.torch)."""
     array = np.asarray(torchs)
     return array if scale == 1.0 else (array.astype(np.float64) * scale).astype(array.dtype)
 

@@ -1,4 +1,4 @@
-"""Tests of lucid_fx.flat: the flat (one buffer per dtype) path gives the tree path's numbers."""
+"""Tests of lucid_fx._src.scale.flat: the flat (one buffer per dtype) path gives the tree path's numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from reference import max_rel_error, reference_run
 
 import lucid_fx as fx
-from lucid_fx.flat import FlatLayout, flatten
+from lucid_fx._src.scale.flat import FlatLayout, flatten
 
 RTOL_F32 = 2e-5  # float32 through a few steps of divisions and square roots, vs float64
 # The flat and the tree path run the same kernel on the same values; only how XLA

@@ -28,7 +28,7 @@ from hypothesis import given
 
 import lucid_fx as fx
 from lucid_fx import lr_scheduler as F
-from lucid_fx import packed_step
+from lucid_fx._src.stateful import steps as packed_step
 
 torch = pytest.importorskip("torch", reason="parity is checked against real torch "
                                             "(pip install 'lucid_fx[test]')")

@@ -191,7 +191,7 @@ def test_state_dict_gathers_on_every_process_and_loads_back_split(
 
 # --- examples/distributed.py, run as its docstring says, at its default length -------
 # Full length matters: an unbounded dispatch queue deadlocked the collectives from
-# about 200 steps on (lucid_fx.dispatch); the 30-step smoke run never showed it. The
+# about 200 steps on (lucid_fx._src.scale.dispatch); the 30-step smoke run never showed it. The
 # two-host run is the FSDP layout's, the one with collectives inside every step (its
 # weights are gathered); zero1 over two hosts is the worker's above. Each two-host step
 # costs ~40 ms over gloo on loopback: a second 300-step run would double this file.

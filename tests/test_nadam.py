@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.nadam`` and ``fx.NAdam`` that are NAdam's own: the grid, the state's
+"""Tests of ``lucid_fx._src.transforms.nadam`` and ``fx.NAdam`` that are NAdam's own: the grid, the state's
 layout with its per-parameter ``mu_product`` and that scalar's dtype, and μ_t's formula.
 
 tests/test_family.py runs the generic ones over the row (tests/optimizers_under_test.py):
@@ -18,7 +18,7 @@ import numpy as np
 from optimizers_under_test import ROWS
 from reference import max_rel_error
 
-from lucid_fx.nadam import NAdamState, momentum_cache, nadam
+from lucid_fx._src.transforms.nadam import NAdamState, momentum_cache, nadam
 
 ROW = ROWS["nadam"]
 

@@ -22,8 +22,8 @@ import pytest
 from optimizers_under_test import CompileCounter
 
 import lucid_fx as fx
-from lucid_fx import state_schema as schema
-from lucid_fx.validation import check_hyperparameter, is_static_zero
+from lucid_fx._src.core import schema
+from lucid_fx._src.core.validation import check_hyperparameter, is_static_zero
 
 # ------------------------------------------------------------------ helpers
 
@@ -1040,7 +1040,7 @@ def test_a_state_without_a_schema_is_refused_with_how_to_declare_one() -> None:
     (p,) = make_params((2,))
     opt = Plain([p])
     p.grad = jnp.ones(2)
-    with pytest.raises(TypeError, match=r"Bare has no state schema.*state_schema.declare"):
+    with pytest.raises(TypeError, match=r"Bare has no state schema.*schema.declare"):
         opt.step()
     with pytest.raises(TypeError, match=r"must list its fields in order"):
         schema.declare(acc=schema.buffer())(Bare)

@@ -1,4 +1,4 @@
-"""lucid_fx.packing: the per-parameter scalars of a packed buffer, and its slots.
+"""lucid_fx._src.stateful.storage: the per-parameter scalars of a packed buffer, and its slots.
 
 The expansions are checked against NumPy's own ``np.repeat`` over random layouts, and
 the compiled expansion against what made a ResNet-50's first step take 10 s to compile:
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lucid_fx as fx
-from lucid_fx.packing import (
+from lucid_fx._src.stateful.storage import (
     PackLayout,
     ParamPack,
     per_array,

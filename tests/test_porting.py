@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import lucid_fx as fx
-from lucid_fx.optimizer import Optimizer
-from lucid_fx.tracing import FUNCTIONAL_HINT
+from lucid_fx._src.stateful.optimizer import Optimizer
+from lucid_fx._src.stateful.tracing import FUNCTIONAL_HINT
 
 torch = pytest.importorskip("torch", reason="the name-pairing tests load real torch state dicts "
                                             "(pip install 'lucid_fx[test]')")

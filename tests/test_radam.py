@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.radam`` and ``fx.RAdam`` that are RAdam's own: the grid, the state's
+"""Tests of ``lucid_fx._src.transforms.radam`` and ``fx.RAdam`` that are RAdam's own: the grid, the state's
 layout, ρ_t's accuracy in float32, and that the runs take both of the rectification's
 branches, per element inside one packed buffer too.
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from optimizers_under_test import ROWS, STEPS, stateful_faces
 
-from lucid_fx.radam import RAdamState, radam, sma_length
+from lucid_fx._src.transforms.radam import RAdamState, radam, sma_length
 
 ROW = ROWS["radam"]
 BETA2 = 0.999  # the grid's (the default)

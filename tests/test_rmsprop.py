@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.rmsprop`` against the float64 NumPy reference (tests/reference.py).
+"""Tests of ``lucid_fx._src.transforms.rmsprop`` against the float64 NumPy reference (tests/reference.py).
 
 One table of labelled cases drives the parity tests in float32 (this process) and
 float64 (in this process, under ``jax.enable_x64(True)``), and the parity with optax.

@@ -23,7 +23,7 @@ from optimizers_under_test import CompileCounter
 from reference import RMSpropReference, max_rel_error, reference_run
 
 import lucid_fx as fx
-from lucid_fx.hyperparameters import as_precise
+from lucid_fx._src.core.scalars import as_precise
 
 # Named tolerances, as max_rel_error (|a - b| / max(1, |b|)).
 RTOL_F32 = 5e-6  # float32 vs the float64 reference over STEPS steps (measured <= 1.1e-6)

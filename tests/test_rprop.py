@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.rprop`` and ``fx.Rprop`` that are Rprop's own: the grid, complex
+"""Tests of ``lucid_fx._src.transforms.rprop`` and ``fx.Rprop`` that are Rprop's own: the grid, complex
 parts as torch's real pairs, a sign that underflows, the state's layout, lr as the
 initial step size only (written later, or as a schedule), the step sizes' checks torch
 does not make, traced hyper-parameters, and a step size that cannot be negative.
@@ -20,7 +20,7 @@ import pytest
 from optimizers_under_test import ROWS, one_torch_thread, stateful_problem
 
 import lucid_fx as fx
-from lucid_fx.rprop import RpropState, rprop, rprop_kernel
+from lucid_fx._src.transforms.rprop import RpropState, rprop, rprop_kernel
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"

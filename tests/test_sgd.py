@@ -1,4 +1,4 @@
-"""Tests of ``lucid_fx.sgd``: torch.optim.SGD parity over every flag combination, the
+"""Tests of ``lucid_fx._src.transforms.sgd``: torch.optim.SGD parity over every flag combination, the
 float64 reference (tests/reference.py), optax, dtypes, schedules, skipping and errors.
 
 The grid's parity with torch and the reference in both dtypes runs in tests/test_family.py.
@@ -33,7 +33,7 @@ from optimizers_under_test import (
 from reference import max_rel_error, sgd_reference
 
 import lucid_fx as fx
-from lucid_fx.sgd import SGDState, sgd, sgd_kernel
+from lucid_fx._src.transforms.sgd import SGDState, sgd, sgd_kernel
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed; it is in the test extra: pip install -e '.[test]'"

@@ -16,7 +16,7 @@ import pytest
 from optimizers_under_test import ROWS, RTOL_TORCH_F32
 
 import lucid_fx as fx
-from lucid_fx import packed_step
+from lucid_fx._src.stateful import steps as packed_step
 
 torch = pytest.importorskip("torch", reason="parity is checked against real torch "
                                             "(pip install 'lucid_fx[test]')")

@@ -16,7 +16,7 @@ import pytest
 from reference import max_rel_error
 
 import lucid_fx as fx
-from lucid_fx import torch_compat
+from lucid_fx._src.interop import torch as torch_compat
 
 torch = pytest.importorskip("torch", reason="the migration tests run against real torch "
                                             "(pip install 'lucid_fx[test]')")

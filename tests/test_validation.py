@@ -1,4 +1,4 @@
-"""Tests of the boundary checks in ``lucid_fx.validation``."""
+"""Tests of the boundary checks in ``lucid_fx._src.core.validation``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from lucid_fx.validation import (
+from lucid_fx._src.core.validation import (
     check_hyperparameter,
     check_same_structure,
     concrete_value,

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 import lucid_fx as fx
-from lucid_fx.naming import dotted_name
+from lucid_fx._src.core.naming import dotted_name
 from lucid_fx.weights import load_state_dict, load_values, state_dict, values
 
 BIG = (300, 300)  # over the packing limit: the optimizer keeps it as its own, donated buffer

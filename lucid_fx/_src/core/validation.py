@@ -1,0 +1,170 @@
+"""Checks at the boundary: hyper-parameter values and tree agreement.
+
+Shared by the functional transforms and the stateful optimizers so that both
+faces reject the same input with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, cast
+
+import jax
+import numpy as np
+
+from lucid_fx._src.core.base import PyTree
+from lucid_fx._src.core.scalars import PreciseScalar
+
+
+def concrete_value(value: Any) -> float | complex | None:
+    """The Python number behind ``value``, or ``None`` when it is traced or a schedule."""
+    if isinstance(value, PreciseScalar):
+        value = value.pair
+        if isinstance(value, jax.core.Tracer):
+            return None
+        return float(value[0]) + float(value[1])
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return None
+    array = np.asarray(value)
+    if array.shape != ():
+        raise ValueError(f"expected a scalar hyper-parameter, got an array of shape {array.shape}")
+    return array.item()
+
+
+def check_hyperparameter(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = 0.0,
+    high: float | None = None,
+    high_open: bool = False,
+) -> None:
+    """Raises ``ValueError`` naming ``name`` and ``value`` unless low <= value (<= high).
+
+    NaN fails (as ``not low <= nan`` is True), and so does anything that is not
+    a real number (None, a string, a bool, a complex). Traced values and
+    schedules are not checked: their values are unknown until the step runs.
+    ``low=None`` accepts any real number but NaN; ``high_open=True`` excludes
+    ``high`` itself (torch's ``0 <= beta < 1``).
+
+    Example:
+      >>> check_hyperparameter("betas[0]", 1.0, high=1.0, high_open=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: Invalid betas[0] value: 1.0 (expected a number in [0.0, 1.0))
+      >>> check_hyperparameter("dampening", -0.5, low=None)  # any real number
+    """
+    if callable(value) or isinstance(value, jax.core.Tracer) or (
+            isinstance(value, PreciseScalar) and isinstance(value.pair, jax.core.Tracer)):
+        return
+    try:
+        number = concrete_value(value)
+    except ValueError as error:  # an array, or a ragged list
+        raise ValueError(f"Invalid {name} value: {error}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        # ValueError, not TypeError: the contract is one error type for every bad value.
+        message = f"Invalid {name} value: {value!r} (expected a real number)"
+        raise ValueError(message)  # noqa: TRY004
+    if low is None:
+        if math.isnan(number):
+            raise ValueError(f"Invalid {name} value: {value!r} (expected a real number)")
+        low = -math.inf
+    below_high = high is None or (number < high if high_open else number <= high)
+    if not low <= number or not below_high:
+        if high is not None:
+            valid = f"in [{low}, {high}{')' if high_open else ']'}"
+        else:
+            valid = f">= {low}"
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a number {valid})")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is True or False.
+
+    A flag decides structure, so a truthy stand-in (``"no"``, ``1``, an array)
+    would silently switch a feature on, or fail deep inside a trace.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        message = f"Invalid {name} value: {value!r} (expected True or False)"
+        raise ValueError(message)  # noqa: TRY004
+
+
+def check_float_dtype(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is None or a float/complex dtype."""
+    if value is None:
+        return
+    try:
+        dtype = np.dtype(value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+        raise ValueError(
+            f"Invalid {name} value: {value!r} (expected None or a floating-point dtype)"
+        )
+
+
+def is_static_zero(value: Any) -> bool:
+    """True when ``value`` is a plain Python/NumPy number equal to zero.
+
+    Used to decide structure (is a buffer needed?) the same way in ``init`` and
+    ``update``: any jax array, traced or not, counts as "may be non-zero".
+    """
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return bool(value == 0)
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return bool(value == 0)
+    return False
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    return "".join(str(k) for k in path) or "<root>"
+
+
+def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against: str) -> None:
+    """Raises ``ValueError`` naming the first path where ``given`` differs from ``expected``.
+
+    Both structure (keys, lengths, node types) and leaf shapes are compared, so a
+    mismatch is reported in the user's terms instead of as an XLA shape error.
+    """
+    expected_leaves, expected_def = jax.tree_util.tree_flatten_with_path(expected)
+    given_leaves, given_def = jax.tree_util.tree_flatten_with_path(given)
+    expected_def, given_def = cast(Any, expected_def), cast(Any, given_def)
+    if expected_def != given_def:
+        for (p_exp, _), (p_given, _) in zip(expected_leaves, given_leaves):
+            if p_exp != p_given:
+                raise ValueError(
+                    f"{what} do not match {against}: first difference at "
+                    f"{_path_name(p_given)} (expected {_path_name(p_exp)})"
+                )
+        longer, side = (
+            (expected_leaves, "missing from " + what)
+            if len(expected_leaves) > len(given_leaves)
+            else (given_leaves, "unexpected in " + what)
+        )
+        common = min(len(expected_leaves), len(given_leaves))
+        if len(expected_leaves) != len(given_leaves):
+            raise ValueError(
+                f"{what} do not match {against}: {_path_name(longer[common][0])} is {side}"
+            )
+        raise ValueError(
+            f"{what} do not match {against}: tree structure differs "
+            f"(expected {expected_def}, got {given_def})"
+        )
+    for (path, exp), (_, giv) in zip(expected_leaves, given_leaves):
+        if np.shape(exp) != np.shape(giv):
+            raise ValueError(
+                f"{what} do not match {against}: {_path_name(path)} has shape "
+                f"{np.shape(giv)}, expected {np.shape(exp)}"
+            )
+
+
+def check_betas(betas: Any) -> tuple[Any, Any]:
+    """``(β₁, β₂)`` from ``betas``: a pair, each in [0, 1); ``ValueError`` naming it otherwise."""
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(
+            f"Invalid betas value: {betas!r} (expected a pair (beta1, beta2), each in [0.0, 1.0))"
+        )
+    for i, beta in enumerate(betas):
+        check_hyperparameter(f"betas[{i}]", beta, high=1.0, high_open=True)
+    return betas[0], betas[1]
