@@ -158,8 +158,6 @@ class Row:
         program and not in the other may they differ (as measured, per key).
       torch_state_at_construction: torch creates every Parameter's state in the
         constructor (Adagrad's ``sum``), not at its first step.
-      never_negative: (state key, what it is) that a loaded state dict may not hold
-        negative: the stateful class refuses it, saying so, and loads nothing.
       cpu_step_copies: copies of a donated, parameter-sized buffer in the stateful step
         as XLA:CPU compiles it (with ``packed_step.CPU_COMPILER_OPTIONS``): each costs a
         read and a write of the buffer per step. None but where measured otherwise.
@@ -184,7 +182,6 @@ class Row:
     follows_params: tuple[str, ...] = ()
     faces_ulps: Mapping[str, float] = dataclasses.field(default_factory=dict)
     torch_state_at_construction: bool = False
-    never_negative: tuple[tuple[str, str], ...] = (("step", "a step count"),)
     cpu_step_copies: int = 0
 
     @property
@@ -196,9 +193,8 @@ class Row:
     def scalars(self) -> tuple[str, ...]:
         """The per-parameter 0-d state fields other than the step count (NAdam's
         ``mu_product``, ASGD's ``eta`` and ``mu``), as the state's schema declares them."""
-        fields = schema.fields_of(type(self.factory().init(jnp.zeros(1))))
-        return tuple(name for name, field in fields.items()
-                     if field.kind == "per_parameter" and name != "step")
+        return tuple(name for name, field in schema.of(self.factory).fields.items()
+                     if field.kind == "scalar" and name != "step")
 
 
 def _product_grid(
@@ -307,31 +303,25 @@ ROWS: dict[str, Row] = {
                    lambda params, grads, **k: reference_run(params, grads, **k),
                    ("square_avg", "grad_avg", "momentum_buffer"),
                    torch_scale=lambda key, c: c["lr"] if key == "momentum_buffer" else 1.0,
-                   torch_complex=False, stateful=fx.RMSprop, own_parity=True,
-                   never_negative=(("step", "a step count"),
-                                   ("square_avg", "an average of squares"))),
+                   torch_complex=False, stateful=fx.RMSprop, own_parity=True),
     # -- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
     # lr_decay, weight_decay and initial_accumulator_value each change the traced code.
     "adagrad": Row("adagrad", fx.adagrad, "Adagrad", _product_grid(
         {"lr_decay": (0, 0.05), "weight_decay": (0, 0.1),
          "initial_accumulator_value": (0, 0.1), "maximize": (False, True)}, {"lr": 0.05}),
         adagrad_reference, ("sum",), stateful=fx.Adagrad, lrs=_falling(0.05, 0.1),
-        bad_inputs=(*ADAGRAD_BAD, *COMMON_BAD), torch_state_at_construction=True,
-        never_negative=(("step", "a step count"), ("sum", "a sum of squares"))),
+        bad_inputs=(*ADAGRAD_BAD, *COMMON_BAD), torch_state_at_construction=True),
     # lr ≠ 1 so that where η is applied (to Δx only, never inside u) is tested.
     "adadelta": Row("adadelta", fx.adadelta, "Adadelta", _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.5}),
         adadelta_reference, ("square_avg", "acc_delta"), stateful=fx.Adadelta,
         lrs=_falling(0.5, 1.0), bad_inputs=(*ADADELTA_BAD, *COMMON_BAD), own_scale=("acc_delta",),
         # measured 0.5 and 2.1 (acc_delta's in its own ulps), in the late group's pack
-        faces_ulps={"square_avg": 1, "acc_delta": 4},
-        never_negative=(("step", "a step count"), ("square_avg", "an average of squares"),
-                        ("acc_delta", "an average of squares"))),
+        faces_ulps={"square_avg": 1, "acc_delta": 4}),
     "adamax": Row("adamax", fx.adamax, "Adamax", _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.01}),
         adamax_reference, ("exp_avg", "exp_inf"), stateful=fx.Adamax, lrs=_falling(0.01, 0.05),
-        bad_inputs=(*_nonnegative(lr=-0.1, eps=-0.1, weight_decay=-0.1), *_betas(), *COMMON_BAD),
-        never_negative=(("step", "a step count"), ("exp_inf", "a maximum of |g| + eps"))),
+        bad_inputs=(*_nonnegative(lr=-0.1, eps=-0.1, weight_decay=-0.1), *_betas(), *COMMON_BAD)),
     # The narrow step_sizes and wide etas make both clamps bind within 20 steps. Rprop reads
     # lr once, in init (the initial step size): no schedule, and no weight decay.
     "rprop": Row("rprop", fx.rprop, "Rprop", _product_grid(
@@ -339,7 +329,6 @@ ROWS: dict[str, Row] = {
          "maximize": (False, True)}, {"lr": 0.01}),
         rprop_reference, ("prev", "step_size"), stateful=fx.Rprop,
         bad_inputs=(*RPROP_BAD, *COMMON_BAD), needs_params=None,
-        never_negative=(("step", "a step count"), ("step_size", "a step size")),
         # XLA:CPU recomputes the new step size in the θ loop and in the state's loops,
         # which read the old state after one of them overwrote it: region analysis
         # removes one of its two copies, not the other.
@@ -784,8 +773,7 @@ def _functional_faces(
     face does for a pack. (Bit for bit the stateful face's where measured so: XLA's
     fusion of each program decides that; see Row.faces_ulps.)"""
     assert row.stateful is not None
-    fields = schema.fields_of(type(row.factory().init(jnp.zeros(1))))
-    zeros = {f.absent_when_zero for f in fields.values()} | set(row.stateful.compiled_out_at_zero)
+    zeros = set(schema.of(row.factory).switches.values()) | set(row.stateful.compiled_out_at_zero)
     static, numbers = {}, {}
     for label, config in row.grid.items():
         static[label] = {k: v for k, v in config.items()

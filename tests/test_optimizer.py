@@ -84,13 +84,13 @@ def assert_same(a: Any, b: Any) -> None:
 # ------------------------------------------------------------------ a second optimizer
 
 
-@schema.declare(step=schema.count(),
-                momentum_buffer=schema.buffer(absent_when_zero="momentum"))
+@schema.declare(step=schema.step_count(), momentum_buffer=schema.buffer(switch="momentum"))
 class SGDState(NamedTuple):
     step: jax.Array
     momentum_buffer: Any | None
 
 
+@schema.makes(SGDState)
 def sgd(lr: float = 0.1, momentum: float = 0.0) -> fx.GradientTransformation:
     """θ ← θ - η·b, b = μ·b + g (b = g without momentum): a minimal second factory."""
     check_hyperparameter("lr", lr)
@@ -924,13 +924,14 @@ def test_load_state_dict_hooks() -> None:
 # ------------------------------------------------------------------ the transform owns its state
 
 
-@schema.declare(step=schema.count(), power=schema.scalar(), acc=schema.buffer())
+@schema.declare(step=schema.step_count(), power=schema.scalar(), acc=schema.buffer())
 class CorrectedState(NamedTuple):
     step: jax.Array
     power: jax.Array  # 0.5 ** step, kept as a per-parameter product (as NAdam's mu_product)
     acc: Any
 
 
+@schema.makes(CorrectedState)
 def corrected(lr: float = 0.1, initial: float = 0.0) -> fx.GradientTransformation:
     """A made-up transform with what Adam and Adagrad need of the base: an
     accumulator that starts at ``initial`` (init owns it) and a bias correction
@@ -1038,9 +1039,10 @@ def test_a_state_without_a_schema_is_refused_with_how_to_declare_one() -> None:
         transform = staticmethod(bare)
 
     (p,) = make_params((2,))
-    opt = Plain([p])
-    p.grad = jnp.ones(2)
+    with pytest.raises(TypeError, match=r"bare does not say which state.*schema.makes"):
+        Plain([p])
     with pytest.raises(TypeError, match=r"Bare has no state schema.*schema.declare"):
-        opt.step()
+        schema.makes(Bare)
     with pytest.raises(TypeError, match=r"must list its fields in order"):
         schema.declare(acc=schema.buffer())(Bare)
+    assert p.storage is None  # refused before the optimizer took the Parameter

@@ -359,8 +359,9 @@ def _state_rows() -> list[BadInput]:
                  needs_torch=True),
         BadInput("torch-import-complex", "opt.load_state_dict(sd) (complex Parameter)",
                  "a torch state dict of a complex parameter", ValueError,
-                 r"state\[0\]\['square_avg'\] is complex: torch's RMSprop treats the real and "
-                 r"imaginary parts as separate elements",
+                 r"state\[0\]\['square_avg'\] is complex: torch treats a complex parameter's "
+                 r"real and imaginary parts as separate elements, while this optimizer keeps "
+                 r"real numbers for it",
                  lambda w: w.extra.load_state_dict(_torch_state_dict(complex_param=True)),
                  prepare=_complex_world, needs_torch=True),
         BadInput("torch-export-lr-0", "opt.torch_state_dict()",
@@ -377,7 +378,8 @@ def _state_rows() -> list[BadInput]:
                  needs_torch=True),
         BadInput("torch-export-complex", "opt.torch_state_dict() (complex Parameter)",
                  "export of a complex parameter's state", ValueError,
-                 r"parameter 0 Parameter\(shape=\(2,\), dtype=complex64\) is complex",
+                 r"state\[0\] belongs to a complex parameter: torch treats its real and "
+                 r"imaginary parts as separate elements",
                  lambda w: w.extra.torch_state_dict(), prepare=_complex_world, needs_torch=True),
     ]
 

@@ -108,11 +108,11 @@ def test_first_step_takes_the_gradient_undampened() -> None:
 def test_kernel_first_step_is_per_element() -> None:
     """``step`` broadcasts: elements at their first step start b = g, the others go on."""
     g, b = jnp.array([2.0, 2.0, 2.0]), jnp.array([1.0, 1.0, 1.0])
-    delta, new_b = sgd_kernel(g, None, b, step=jnp.array([1, 2, 7], jnp.int32), lr=1.0,
-                              momentum=0.5, dampening=0.25, weight_decay=None, nesterov=False)
+    delta, new_b = sgd_kernel(g, b, step=jnp.array([1, 2, 7], jnp.int32), lr=1.0,
+                              momentum=0.5, dampening=0.25, nesterov=False)
     assert new_b.tolist() == [2.0, 2.0, 2.0]  # [g, 0.5·1 + 0.75·2, same]
-    delta, new_b = sgd_kernel(g, None, b, step=jnp.array([1, 2, 7], jnp.int32), lr=1.0,
-                              momentum=0.5, dampening=0.5, weight_decay=None, nesterov=False)
+    delta, new_b = sgd_kernel(g, b, step=jnp.array([1, 2, 7], jnp.int32), lr=1.0,
+                              momentum=0.5, dampening=0.5, nesterov=False)
     assert new_b.tolist() == [2.0, 1.5, 1.5] and delta.tolist() == [-2.0, -1.5, -1.5]
 
 

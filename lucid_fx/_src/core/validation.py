@@ -7,13 +7,14 @@ faces reject the same input with the same message.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lucid_fx._src.core.base import PyTree
+from lucid_fx._src.core.base import PyTree, Updates
 from lucid_fx._src.core.scalars import PreciseScalar
 
 
@@ -168,3 +169,122 @@ def check_betas(betas: Any) -> tuple[Any, Any]:
     for i, beta in enumerate(betas):
         check_hyperparameter(f"betas[{i}]", beta, high=1.0, high_open=True)
     return betas[0], betas[1]
+
+
+# ------------------------------------------------------------------ trees at init/update
+
+
+def check_float_leaves(name: str, tree: PyTree, *, what: str = "parameters") -> None:
+    """Raises ``TypeError`` at the first leaf of ``tree`` that is not a float/complex array.
+
+    ``name`` is the optimizer's (it starts the message); ``what`` names the
+    tree ("parameters", "gradients").
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from lucid_fx._src.core.validation import check_float_leaves
+      >>> check_float_leaves("sgd", {"n": jnp.arange(2)})
+      Traceback (most recent call last):
+      ...
+      TypeError: sgd optimizes floating-point parameters only; ['n'] has dtype int32. ...
+    """
+
+    def check(path: Any, leaf: Any) -> None:
+        where = jax.tree_util.keystr(path) or f"the {what[:-1]}"
+        try:
+            dtype = jnp.result_type(leaf)
+        except TypeError:
+            raise TypeError(
+                f"{name}: {what} must be arrays; {where} is a {type(leaf).__name__}"
+            ) from None
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{name} optimizes floating-point {what} only; {where} has dtype {dtype}. "
+                f"Cast it (e.g. x.astype(jnp.float32)) or leave it out of the optimized tree."
+            )
+
+    jax.tree_util.tree_map_with_path(check, tree)
+
+
+def check_state(
+    name: str,
+    state: Any,
+    state_type: type,
+    *,
+    always: Sequence[tuple[str, bool, str]] = (),
+    per_parameter: Sequence[tuple[str, bool, str]] = (),
+    has_parameters: Callable[[Any], bool] | bool = True,
+) -> None:
+    """Refuses a state made by another transform, or by this one with other flags.
+
+    Each ``(field, used, flag)`` says that ``state.field`` must be present
+    exactly when ``used``; otherwise a ``ValueError`` names the field and
+    ``flag``, the argument that decides it. ``per_parameter`` fields are per
+    parameter trees, which are ``None`` for an empty tree of parameters, so
+    they are checked only when ``has_parameters`` (a bool, or a function of the
+    state, called once the state is known to be a ``state_type``).
+
+    Example:
+      >>> from typing import NamedTuple
+      >>> from lucid_fx._src.core.validation import check_state
+      >>> class State(NamedTuple):
+      ...     buffer: object
+      >>> check_state("sgd", State(None), State, per_parameter=[("buffer", True, "momentum")])
+      Traceback (most recent call last):
+      ...
+      ValueError: sgd: the state lacks buffer, so it was made by an sgd with a different ...
+    """
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"{name}: state must be the {state_type.__name__} made by this transform's init, "
+            f"got {type(state).__name__}"
+        )
+    if callable(has_parameters):
+        has_parameters = has_parameters(state)
+    checks = list(always) + (list(per_parameter) if has_parameters else [])
+    for field, used, flag in checks:
+        if (getattr(state, field) is not None) != used:
+            raise ValueError(
+                f"{name}: the state {'lacks' if used else 'has'} {field}, so it was made by "
+                f"an {name} with a different {flag}; make it with this transform's init"
+            )
+
+
+def check_update_trees(
+    name: str,
+    structure: PyTree | None,
+    updates: Updates,
+    params: PyTree | None,
+    *,
+    needs_params: str | None = None,
+    stateless: bool = False,
+) -> None:
+    """Checks the gradients (and the parameters, when needed) before an update.
+
+    ``structure`` is a per-parameter tree of the state; the gradients and
+    parameters must match it (paths and shapes). A transform that keeps no
+    per-parameter state (plain SGD) passes ``stateless=True``: the gradients
+    then set the structure the parameters must match. ``needs_params`` is the
+    reason ``params`` must be given (for instance ``"weight_decay is
+    non-zero"``), or ``None`` when they are optional.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from lucid_fx._src.core.validation import check_update_trees
+      >>> g = {"w": jnp.ones(2)}
+      >>> check_update_trees("sgd", g, g, None, needs_params="weight_decay is non-zero")
+      Traceback (most recent call last):
+      ...
+      ValueError: sgd: weight_decay is non-zero, so update() needs params: ...
+    """
+    if not stateless:
+        check_same_structure(structure, updates, what="gradients", against="the state")
+    check_float_leaves(name, updates, what="gradients")
+    if needs_params is not None:
+        if params is None:
+            raise ValueError(
+                f"{name}: {needs_params}, so update() needs params: "
+                "call tx.update(grads, state, params)"
+            )
+        against, what = (updates, "the gradients") if stateless else (structure, "the state")
+        check_same_structure(against, params, what="params", against=what)

@@ -1,38 +1,30 @@
-"""Moving a run between PyTorch and lucid_fx: state-dict conversion both ways.
+"""torch's optimizer state dicts, both ways: read by any schema, knowing no algorithm.
 
-Every stateful optimizer exchanges torch's state dicts through
-:func:`state_dict_from_torch` and :func:`state_dict_to_torch`, which read the
-state's schema (:mod:`lucid_fx._src.core.schema`): the layouts agree, only the step
-count's type differs. RMSprop adds one conversion, below.
+lucid_fx's state dicts have torch's layout (``{"state": {index: {...}},
+"param_groups": [...]}``) and its state keys, so converting is mostly types:
 
-``torch.optim.RMSprop`` and :class:`lucid_fx.RMSprop` share the state-dict layout
-(``{"state": {index: {...}}, "param_groups": [...]}``), the state keys (``step``,
-``square_avg``, ``grad_avg``, ``momentum_buffer``) and, for a constant lr, the
-math. Two things differ, and the conversion handles both:
+- values: torch tensors become NumPy arrays, and the other way (on export);
+- ``step``: torch keeps a float tensor, lucid_fx an int32 count; a count torch
+  does not keep (SGD's, Muon's) is 1 on import where the parameter has state;
+- group keys: torch's implementation options (``foreach``, ``capturable``,
+  ``differentiable``, ``fused``) are kept both ways, the ``initial_lr`` of torch's
+  schedulers is dropped on import, and lucid_fx's own options (``skip_nonfinite``,
+  ``state_dtype``) and its ``skipped`` count are dropped on export.
 
-- The momentum buffer. torch keeps η out of it and multiplies at the end; the
-  Lucid's definition (and lucid_fx) keeps η inside::
-
-      torch:    b_torch = μ·b_torch + g/d          θ ← θ - η·b_torch
-      lucid_fx: b       = μ·b       + η·g/d        θ ← θ - b
-
-  so ``b = η·b_torch``, with each group's current lr. When lr is 0 that relation
-  erases the buffer (import) or cannot be inverted (export), so both directions
-  raise ``ValueError`` naming the group when lr is 0 and a buffer is non-zero. A
-  buffer of zeros converts either way.
-- ``step``: torch stores a float tensor, lucid_fx an int32 count.
-
-torch's implementation options (``foreach``, ``capturable``, ``differentiable``,
-``fused``) are kept both ways, as both sides keep them in their groups; the
-``initial_lr`` of torch's LR schedulers is dropped on import. lucid_fx's own
-options that torch lacks (``skip_nonfinite``, ``state_dtype``) and its
-``skipped`` counter are dropped on export. Complex parameters do not convert: torch treats their real and
-imaginary parts as separate elements (two running averages), lucid_fx uses
-|g|² (one real average).
+Where a field is declared to hold a group option multiplied in
+(``schema.buffer(torch_factor="lr")``: RMSprop's momentum buffer is η·b_torch, as
+Lucid's definition keeps η inside it), it is multiplied by the group's value on
+import and divided on export; with that value 0 a non-zero buffer is refused
+(``ValueError`` naming the group), since the relation erases it. A field that is
+real for a complex parameter (RMSprop's ``|g|²`` average) has no torch
+counterpart, which treats real and imaginary parts as separate elements: such
+a state does not convert.
 
 Example:
   >>> import numpy as np
-  >>> from lucid_fx._src.interop import torch as torch_compat
+  >>> import lucid_fx as fx
+  >>> from lucid_fx._src.core import schema
+  >>> from lucid_fx._src.interop.torch import state_dict_from_torch, state_dict_to_torch
   >>> torch_like = {
   ...     "state": {0: {"step": np.float32(3.0), "square_avg": np.ones(2, np.float32),
   ...                   "momentum_buffer": np.full(2, 4.0, np.float32)}},
@@ -41,26 +33,23 @@ Example:
   ...                       "maximize": False, "capturable": False,
   ...                       "differentiable": False, "params": [0]}],
   ... }
-  >>> ours = torch_compat.rmsprop_state_dict_from_torch(torch_like)
+  >>> ours = state_dict_from_torch(torch_like, schema.of(fx.rmsprop))
   >>> ours["state"][0]["step"], ours["state"][0]["momentum_buffer"].tolist()
   (array(3, dtype=int32), [2.0, 2.0])
-  >>> back = torch_compat.rmsprop_state_dict_to_torch(ours, tensors=False)
+  >>> back = state_dict_to_torch(ours, schema.of(fx.rmsprop), tensors=False)
   >>> back["state"][0]["momentum_buffer"].tolist()
   [4.0, 4.0]
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lucid_fx._src.core import schema as state_schema
-from lucid_fx._src.core.schema import Field
+from lucid_fx._src.core.schema import Field, Schema
 from lucid_fx._src.interop.host import from_torch, torch_tensor
 
 StateDict = dict[str, Any]
@@ -124,14 +113,6 @@ def _to_number(value: Any) -> Any:
     return value
 
 
-def _check_real(array: Any, where: str) -> None:
-    if np.iscomplexobj(array):
-        raise ValueError(
-            f"{where} is complex: torch's RMSprop treats the real and imaginary parts as "
-            f"separate elements, lucid_fx averages |g|², so the state does not convert"
-        )
-
-
 def _step_from_torch(value: Any, where: str) -> np.ndarray:
     step = float(np.asarray(value))
     if not (step.is_integer() and 0 <= step <= _INT32_MAX):
@@ -139,33 +120,72 @@ def _step_from_torch(value: Any, where: str) -> np.ndarray:
     return np.asarray(int(step), np.int32)
 
 
-def _nonzero(array: Any) -> bool:
-    return bool(np.any(np.asarray(array, np.float64) != 0))
+def _real_for_complex(field: Field) -> bool:
+    """Whether ``field`` holds real numbers for a complex parameter (an average of |g|²)."""
+    return field.kind == "array" and not np.issubdtype(
+        field.dtype_for(np.complex64, None), np.complexfloating)
 
 
-# A hook that converts one buffer between the two layouts: (key, array, group index,
-# group, where) -> array. RMSprop's momentum buffer holds lr (b = lr·b_torch).
-BufferConversion = Callable[[str, np.ndarray, int, Mapping[str, Any], str], np.ndarray]
+def _refuse_complex(array: np.ndarray, where: str) -> None:
+    if np.iscomplexobj(array):
+        raise ValueError(
+            f"{where} is complex: torch treats a complex parameter's real and imaginary "
+            f"parts as separate elements, while this optimizer keeps real numbers for it "
+            f"(|g|²), so the state does not convert"
+        )
 
 
-def state_dict_from_torch(
-    state_dict: Mapping[str, Any],
-    schema: Mapping[str, Field],
-    *,
-    convert: BufferConversion | None = None,
-) -> StateDict:
+def _factor(field: Field, key: str, gi: int, group: Mapping[str, Any], array: np.ndarray,
+            where: str, *, exporting: bool) -> tuple[float, bool]:
+    """The group option ``field`` holds multiplied in, and whether the array is refused
+    for it (0 with a non-zero array)."""
+    value = group.get(cast(str, field.torch_factor))
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 1.0, False
+    if value == 0 and bool(np.any(np.asarray(array, np.float64) != 0)):
+        option, what = field.torch_factor, key.replace("_", " ")
+        if exporting:
+            raise ValueError(
+                f"param_groups[{gi}] has {option} 0 and {where} is non-zero: torch keeps "
+                f"{option} out of the {what} (b_torch = b / {option}), so it cannot be "
+                f"recovered. Export before setting {option} to 0, or with the {option} of "
+                f"the next step."
+            )
+        raise ValueError(
+            f"param_groups[{gi}] has {option} 0 and {where} is non-zero: lucid_fx keeps "
+            f"{option} inside the {what} (b = {option}·b_torch), so converting would erase "
+            f"it. Set the group's {option} in the state dict to the {option} of the next "
+            f"step before loading."
+        )
+    return float(value), True
+
+
+def _check_layout(state_dict: Any) -> None:
+    groups, state = state_dict.get("param_groups"), state_dict.get("state")
+    if not (
+        isinstance(groups, (list, tuple))
+        and all(isinstance(g, Mapping) for g in groups)
+        and isinstance(state, Mapping)
+    ):
+        raise ValueError(
+            "a state dict needs 'param_groups' (a list of dicts) and 'state' "
+            "(a dict {index: {key: array}})"
+        )
+
+
+def state_dict_from_torch(state_dict: Mapping[str, Any], declared: Schema) -> StateDict:
     """A ``torch.optim.<Optimizer>.state_dict()`` → what ``Optimizer.load_state_dict`` takes.
 
-    Values may be torch tensors or NumPy arrays. ``schema`` is the state's
-    (:mod:`lucid_fx._src.core.schema`): step counts become int32, per-parameter
-    scalars (NAdam's ``mu_product``) take the real dtype of the entry's
-    buffers, buffers of ``None`` (torch's SGD before momentum) are left out, and
-    a count torch does not keep (SGD's) is 1 where the parameter has a buffer
-    (it has stepped), else 0. torch-only group keys are dropped. ``convert``
-    changes a buffer's layout where the two differ. Everything else is checked
-    by ``load_state_dict``.
+    Values may be torch tensors or NumPy arrays. ``declared`` is the state's
+    schema (:mod:`lucid_fx._src.core.schema`): step counts become int32,
+    per-parameter numbers (NAdam's ``mu_product``) take the real dtype of the
+    entry's arrays, arrays of ``None`` (torch's SGD before momentum) are left
+    out, a count torch does not keep (SGD's) is 1 where the parameter has an
+    array (it has stepped), else 0, and a field with a ``torch_factor`` is
+    multiplied by it. Everything else is checked by ``load_state_dict``.
     """
     _check_layout(state_dict)
+    fields = declared.fields
     groups = [
         {k: _to_number(v) for k, v in g.items() if k not in _DROPPED_ON_IMPORT}
         for g in state_dict["param_groups"]
@@ -179,84 +199,46 @@ def state_dict_from_torch(
             state[index] = entry  # load_state_dict names the problem
             continue
         arrays = {k: from_torch(v) for k, v in entry.items() if v is not None}
-        buffers = [np.asarray(v) for k, v in arrays.items()
-                   if k in schema and schema[k].kind == "buffer"]
+        shaped = [np.asarray(v) for k, v in arrays.items()
+                  if k in fields and fields[k].kind == "array"]
         converted: dict[str, Any] = {}
         for key, array in arrays.items():
             where = f"state[{index!r}][{key!r}]"
-            field = schema.get(key)
-            if field is not None and field.kind == "per_parameter":
+            field = fields.get(key)
+            if field is not None and field.kind == "scalar":
                 if np.issubdtype(field.dtype_for(np.float32, None), np.integer):
                     array = _step_from_torch(array, where)
                 else:
-                    real = np.finfo(buffers[0].dtype).dtype if buffers else np.float32
+                    real = np.finfo(shaped[0].dtype).dtype if shaped else np.float32
                     array = np.asarray(array, real)
-            elif convert is not None and field is not None and index in group_of:
-                gi = group_of[index]
-                array = convert(key, np.asarray(array), gi, groups[gi], where)
+            elif field is not None and field.kind == "array":
+                if any(_real_for_complex(f) for f in fields.values()):
+                    _refuse_complex(np.asarray(array), where)
+                if field.torch_factor is not None and index in group_of:
+                    gi = group_of[index]
+                    factor, scale = _factor(field, key, gi, groups[gi], array, where,
+                                            exporting=False)
+                    if scale:
+                        array = (np.asarray(array, np.float64) * factor).astype(array.dtype)
             converted[key] = array
-        for key, field in schema.items():
-            if not field.torch_key and field.kind == "per_parameter" and key not in converted:
-                converted[key] = np.asarray(1 if buffers else 0, field.dtype_for(np.float32, None))
+        for key, field in fields.items():
+            if not field.torch_key and field.kind == "scalar" and key not in converted:
+                converted[key] = np.asarray(1 if shaped else 0, field.dtype_for(np.float32, None))
         state[index] = converted
     return {"state": state, "param_groups": groups}
 
 
-def rmsprop_state_dict_from_torch(state_dict: Mapping[str, Any]) -> StateDict:
-    """``torch.optim.RMSprop.state_dict()`` → what :meth:`lucid_fx.RMSprop.load_state_dict` takes.
-
-    :func:`state_dict_from_torch` with RMSprop's one difference: each momentum
-    buffer becomes ``lr·b_torch`` with its group's lr.
-
-    Raises:
-      ValueError: a group's lr is 0 while a momentum buffer of it is non-zero
-        (converting would erase the buffer: set that group's lr in the dict to
-        the lr of the next step first), a complex state, or a step that is not a
-        whole number.
-    """
-    from lucid_fx._src.transforms.rmsprop import RMSpropState
-
-    return state_dict_from_torch(state_dict, state_schema.fields_of(RMSpropState),
-                                 convert=rmsprop_buffer_from_torch)
-
-
-def rmsprop_buffer_from_torch(
-    key: str, array: np.ndarray, gi: int, group: Mapping[str, Any], where: str
-) -> np.ndarray:
-    """RMSprop's buffers from torch's layout: ``b = lr·b_torch``; a complex one is refused."""
-    _check_real(array, where)
-    lr = group.get("lr")
-    if key != "momentum_buffer" or not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        return array
-    if lr == 0 and _nonzero(array):
-        raise ValueError(
-            f"param_groups[{gi}] has lr 0 and {where} is non-zero: lucid_fx keeps "
-            f"lr inside the momentum buffer (b = lr·b_torch), so converting "
-            f"would erase it. Set the group's lr in the state dict to the lr of "
-            f"the next step before loading."
-        )
-    return (np.asarray(array, np.float64) * lr).astype(array.dtype)
-
-
-def _check_layout(state_dict: Any) -> None:
-    groups, state = state_dict.get("param_groups"), state_dict.get("state")
-    if not (
-        isinstance(groups, (list, tuple))
-        and all(isinstance(g, Mapping) for g in groups)
-        and isinstance(state, Mapping)
-    ):
-        raise ValueError(
-            "an RMSprop state dict needs 'param_groups' (a list of dicts) and 'state' "
-            "(a dict {index: {key: array}})"
-        )
+def fields_in_use(declared: Schema, group: Mapping[str, Any]) -> frozenset[str]:
+    """The array fields a group's configuration keeps (its switches on)."""
+    return frozenset(name for name, field in declared.fields.items()
+                     if field.kind == "array" and (field.switch is None or field.switch not in
+                                                   group or declared.switched_on(name, group)))
 
 
 def state_dict_to_torch(
     state_dict: Mapping[str, Any],
-    schema: Mapping[str, Field],
-    uses: Callable[[Mapping[str, Any]], frozenset[str]],
+    declared: Schema,
     *,
-    convert: BufferConversion | None = None,
     tensors: bool = True,
     param_names: ParamNames | None = None,
 ) -> StateDict:
@@ -267,23 +249,25 @@ def state_dict_to_torch(
     parameters in its order, puts the state in that order
     (:func:`in_torch_order`); without it the order is lucid_fx's, and each
     group carries its ``param_names`` (when the optimizer has them) for a reader
-    to check. Only torch's keys go out (``schema``'s ``torch_key`` fields, and every group
-    key but lucid_fx's own ``skip_nonfinite`` and ``state_dtype``); step counts
-    become float32 scalars, as torch keeps them. Buffers that a group's
-    configuration uses (``uses(group)``) but the state lacks yet (momentum
+    to check. Only torch's keys go out (the schema's ``torch_key`` fields, and
+    every group key but lucid_fx's own); step counts become float32 scalars, as
+    torch keeps them, and every array keeps its shape (a 0-d parameter's is 0-d).
+    Arrays that a group's configuration uses but the state lacks yet (momentum
     switched on since the last step) are written as zeros, which is where
     lucid_fx would start them (torch would fail on a missing key). With
     ``tensors=True`` (the default, which needs torch) the values are CPU torch
     tensors; with ``False``, NumPy arrays.
 
     Raises:
-      ValueError: a group's lr is a schedule (torch's dict holds a number), or
-        ``convert`` refuses a buffer.
+      ValueError: a group's lr is a schedule (torch's dict holds a number), a
+        field's ``torch_factor`` is 0 while the field is not, or a complex
+        parameter's state holds real numbers (see the module).
     """
     _check_layout(state_dict)
     if param_names is not None:
         state_dict = in_torch_order(state_dict, param_names)
     as_value = torch_tensor if tensors else np.asarray
+    fields = declared.fields
     groups, group_of = [], {}
     for gi, group in enumerate(state_dict["param_groups"]):
         if callable(group.get("lr")):
@@ -300,35 +284,46 @@ def state_dict_to_torch(
             torch_group["param_names"] = list(group["param_names"])
         groups.append(torch_group)
         group_of.update({i: (gi, group) for i in group["params"]})
+    real_fields = any(_real_for_complex(f) for f in fields.values())
     state: dict[Any, Any] = {}
     for index, entry in state_dict["state"].items():
         if index not in group_of:
             raise ValueError(f"state[{index!r}] names no parameter of the state dict's groups")
         gi, group = group_of[index]
-        used = uses(group)
-        # A buffer the configuration uses but the entry lacks is written as zeros shaped
-        # like the entry's other buffers; an entry with none (SGD without momentum: only
-        # its count) has nothing to shape them by, and torch starts such a buffer itself.
-        like = next((np.asarray(entry[k]) for k, f in schema.items()
-                     if f.kind == "buffer" and k in entry), None)
+        used = fields_in_use(declared, group)
+        # An array the configuration uses but the entry lacks is written as zeros shaped
+        # like the entry's other parameter-shaped arrays; an entry with none (SGD without
+        # momentum: only its count) has nothing to shape them by, and torch starts such an
+        # array itself.
+        like = next((np.asarray(entry[k]) for k, f in fields.items()
+                     if f.kind == "array" and f.shape is None and k in entry), None)
+        if real_fields and like is not None and any(
+                np.iscomplexobj(np.asarray(v)) for v in entry.values()):
+            raise ValueError(
+                f"state[{index!r}] belongs to a complex parameter: torch treats its real "
+                f"and imaginary parts as separate elements, while this optimizer keeps real "
+                f"numbers for it (|g|²), so the state does not convert"
+            )
         converted: dict[str, Any] = {}
-        for key, field in schema.items():
+        for key, field in fields.items():
             where = f"state[{index!r}][{key!r}]"
             if not field.torch_key:
                 continue
-            if field.kind == "per_parameter":
+            if field.kind == "scalar":
                 if key in entry:
                     converted[key] = _torch_scalar(entry[key]) if tensors else (
                         np.float32(entry[key]) if key == "step" else np.asarray(entry[key]))
                 continue
             if key in entry:
                 array = np.asarray(entry[key])
-            elif key in used and like is not None:
+            elif key in used and like is not None and field.shape is None:
                 array = np.zeros_like(like)
             else:
                 continue
-            if convert is not None:
-                array = convert(key, array, gi, group, where)
+            if field.torch_factor is not None:
+                factor, scale = _factor(field, key, gi, group, array, where, exporting=True)
+                if scale and factor != 0:
+                    array = (array.astype(np.float64) / factor).astype(array.dtype)
             converted[key] = as_value(array)
         state[index] = converted
     return {"state": state, "param_groups": groups}
@@ -414,61 +409,6 @@ def _check_names(given: Sequence[str], mine: Sequence[str], what: str) -> None:
             f"{what} must list this optimizer's parameter names once each: missing "
             f"{missing}, unknown {unexpected}, repeated {repeated}"
         )
-
-
-def rmsprop_state_dict_to_torch(
-    state_dict: Mapping[str, Any], *, tensors: bool = True
-) -> StateDict:
-    """A :meth:`lucid_fx.RMSprop.state_dict` in the form ``torch.optim.RMSprop`` loads.
-
-    :func:`state_dict_to_torch` with RMSprop's one difference: each momentum
-    buffer becomes ``b / lr`` with its group's lr.
-
-    Raises:
-      ValueError: a group's lr is a schedule (torch's dict holds a number), or
-        is 0 while one of its momentum buffers is non-zero (``b / 0`` is
-        undefined: export before setting lr to 0), or a state is complex.
-    """
-    from lucid_fx._src.transforms.rmsprop import RMSpropState, rmsprop
-
-    return state_dict_to_torch(state_dict, state_schema.fields_of(RMSpropState),
-                               used_fields(rmsprop), convert=rmsprop_buffer_to_torch,
-                               tensors=tensors)
-
-
-def used_fields(
-    factory: Callable[..., Any]
-) -> Callable[[Mapping[str, Any]], frozenset[str]]:
-    """``group -> the state fields that factory(**group's hyper-parameters)`` makes.
-
-    From the transform's own ``init`` (abstractly evaluated, nothing allocated),
-    so the configuration, not a copy of its rules, decides which buffers exist.
-    """
-    names = frozenset(inspect.signature(factory).parameters)
-
-    def uses(group: Mapping[str, Any]) -> frozenset[str]:
-        hyper = {k: v for k, v in group.items() if k in names}
-        state = jax.eval_shape(lambda: factory(**hyper).init(jnp.zeros(1)))
-        return frozenset(k for k, v in state._asdict().items() if v is not None)
-
-    return uses
-
-
-def rmsprop_buffer_to_torch(
-    key: str, array: np.ndarray, gi: int, group: Mapping[str, Any], where: str
-) -> np.ndarray:
-    """RMSprop's buffers in torch's layout: ``b_torch = b / lr``; a complex one is refused."""
-    _check_real(array, where)
-    if key != "momentum_buffer":
-        return array
-    lr = float(group["lr"])
-    if lr == 0 and _nonzero(array):
-        raise ValueError(
-            f"param_groups[{gi}] has lr 0 and {where} is non-zero: torch keeps lr out "
-            f"of the momentum buffer (b_torch = b / lr), so it cannot be recovered. "
-            f"Export before setting lr to 0, or with the lr of the next step."
-        )
-    return array if lr == 0 else (array.astype(np.float64) / lr).astype(array.dtype)
 
 
 def _torch_scalar(value: Any) -> Any:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx._src.core.base import GradientTransformation, OptState, Params, PyTree, Updates
-from lucid_fx._src.stateful.storage import PackLayout, pack, unpack
+from lucid_fx._src.core.layout import Layout
 
 FlatParams = dict[str, jax.Array]  # dtype name -> 1-D buffer holding every leaf of that dtype
 
@@ -63,7 +63,7 @@ class FlatLayout:
 
     Attributes:
       treedef: the structure of the tree.
-      groups: ``dtype name -> PackLayout`` of that dtype's buffer.
+      groups: ``dtype name -> Layout`` of that dtype's buffer.
       slots: for each leaf in tree order, ``(dtype name, index in its buffer)``.
 
     Example:
@@ -95,7 +95,7 @@ class FlatLayout:
     def __init__(
         self,
         treedef: jax.tree_util.PyTreeDef,
-        groups: dict[str, PackLayout],
+        groups: dict[str, Layout],
         slots: tuple[tuple[str, int], ...],
     ) -> None:
         if treedef.num_leaves != len(slots):
@@ -122,7 +122,7 @@ class FlatLayout:
             shapes.setdefault(name, [])
             slots.append((name, len(shapes[name])))
             shapes[name].append(np.shape(leaf))
-        groups = {name: PackLayout(group, name) for name, group in shapes.items()}
+        groups = {name: Layout.flat(group, [name] * len(group)) for name, group in shapes.items()}
         return cls(treedef, groups, tuple(slots))
 
     @property
@@ -142,7 +142,7 @@ class FlatLayout:
         members: dict[str, list[Any]] = {name: [] for name in self.groups}
         for (name, _), leaf in zip(self.slots, leaves):
             members[name].append(leaf)
-        return {name: pack(members[name], group) for name, group in self.groups.items()}
+        return {name: group.pack(members[name]) for name, group in self.groups.items()}
 
     def unpack(self, flat: FlatParams) -> PyTree:
         """The tree whose leaves are cut from ``flat``'s buffers (traceable; free under jit).
@@ -157,7 +157,7 @@ class FlatLayout:
             buffer has the wrong shape.
         """
         self._check_buffers(flat)
-        pieces = {name: unpack(jnp.asarray(flat[name]), group) for name, group in self.groups.items()}
+        pieces = {name: group.unpack(jnp.asarray(flat[name])) for name, group in self.groups.items()}
         return self.treedef.unflatten([pieces[name][index] for name, index in self.slots])
 
     def _leaves_of(self, tree: PyTree) -> list[Any]:

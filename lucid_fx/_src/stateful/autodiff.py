@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx._src.core.base import PyTree
+from lucid_fx._src.core.layout import Layout
 from lucid_fx._src.core.naming import dotted_name
 from lucid_fx._src.core.placement import shard_like
 from lucid_fx._src.stateful.parameter import Parameter
-from lucid_fx._src.stateful.storage import PackLayout, ParamPack, pack, unpack
+from lucid_fx._src.stateful.storage import ParamPack, held_by
 from lucid_fx._src.stateful.tracing import check_eager
 
 # What a loss function reads by mistake when it treats its input as Parameters.
@@ -85,7 +86,7 @@ def _value_and_accumulated_grad(
     loss_fn: Callable[..., jax.Array],
     treedef: Any,
     layout: tuple[tuple[str, Any], ...],
-    pack_layouts: tuple[PackLayout, ...],
+    pack_layouts: tuple[Layout, ...],
     values: list[jax.Array],
     buffers: list[jax.Array],
     starts: list[tuple[jax.Array, ...]],
@@ -126,9 +127,9 @@ def _value_and_accumulated_grad(
 
     # Differentiate w.r.t. the unpacked views and concatenate their gradients:
     # differentiating through the slices would add one full-size buffer per slice.
-    views = [unpack(b, pl, s) for b, pl, s in zip(buffers, pack_layouts, starts)]
+    views = [pl.unpack(b, s) for b, pl, s in zip(buffers, pack_layouts, starts)]
     loss, (grads, view_grads) = jax.value_and_grad(loss_of, argnums=(0, 1))(values, views)
-    pack_grads = [pack(g, pl) for g, pl in zip(view_grads, pack_layouts)]
+    pack_grads = [pl.pack(g) for g, pl in zip(view_grads, pack_layouts)]
 
     def accumulate(g: jax.Array, old: jax.Array | None) -> jax.Array:
         return _descent_grad(g) if old is None else old + _descent_grad(g)
@@ -177,12 +178,13 @@ def backward(loss_fn: Callable[..., jax.Array], tree: PyTree, *args: Any, **kwar
     layout: list[tuple[str, Any]] = []
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, Parameter):
-            storage = leaf.storage
-            if storage is not None:
-                j = pack_index.setdefault(id(storage.pack), len(packs))
+            held = held_by(leaf)
+            if held is not None:
+                pack, slot = held
+                j = pack_index.setdefault(id(pack), len(packs))
                 if j == len(packs):
-                    packs.append(storage.pack)
-                layout.append(("packed", (j, storage.slot)))
+                    packs.append(pack)
+                layout.append(("packed", (j, slot)))
                 continue
             k = plain_index.setdefault(id(leaf), len(plain))
             if k == len(plain):

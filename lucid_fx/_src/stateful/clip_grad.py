@@ -70,12 +70,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx._src.core.layout import Layout
 from lucid_fx._src.core.placement import shard_like
 from lucid_fx._src.core.scalars import as_traced
 from lucid_fx._src.core.validation import check_flag, check_hyperparameter
 from lucid_fx._src.stateful.autodiff import Parameter
 from lucid_fx._src.stateful.param_groups import check_implementation_options
-from lucid_fx._src.stateful.storage import PackLayout, ParamPack, slot_mask
+from lucid_fx._src.stateful.storage import ParamPack, held_by
 from lucid_fx._src.stateful.tracing import check_eager
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -110,15 +111,16 @@ class _Gathered:
                     f"{fn}: parameters[{i}] is a {type(p).__name__}, not an fx.Parameter; "
                     f"pass fx.parameters(model), or wrap arrays in fx.Parameter(...)"
                 )
-            storage = p.storage
-            if storage is None:
+            held = held_by(p)
+            if held is None:
                 if p.grad is not None:
                     loose.setdefault(id(p), p)
                 continue
-            entry = given.get(id(storage.pack))
+            pack, slot = held
+            entry = given.get(id(pack))
             if entry is None:
-                entry = given[id(storage.pack)] = (storage.pack, p, [])
-            entry[2].append(storage.slot)  # a repeated slot is marked twice: counted once
+                entry = given[id(pack)] = (pack, p, [])
+            entry[2].append(slot)  # a repeated slot is marked twice: counted once
         for holder, p, slots in given.values():
             counted = np.zeros(len(holder.layout), bool)
             counted[slots] = True
@@ -206,13 +208,13 @@ def _accumulation_dtype(dtype: Any) -> np.dtype:
 # ----------------------------------------------------------------- compiled math
 
 
-def _counted_abs(grad: jax.Array, mask: jax.Array | None, layout: PackLayout | None) -> jax.Array:
+def _counted_abs(grad: jax.Array, mask: jax.Array | None, layout: Layout | None) -> jax.Array:
     """|grad| in the accumulation dtype, 0 where the slot does not count."""
     a = jnp.abs(grad).astype(_accumulation_dtype(grad.dtype))
     if mask is None:
         return a
     assert layout is not None
-    return jnp.where(slot_mask(mask, layout).reshape(a.shape), a, 0)
+    return jnp.where(layout.slot_mask(mask).reshape(a.shape), a, 0)
 
 
 def _total_norm(order: float, pieces: list[jax.Array], dtype: np.dtype) -> jax.Array:
@@ -252,7 +254,7 @@ def _total_norm(order: float, pieces: list[jax.Array], dtype: np.dtype) -> jax.A
 @jax.jit(static_argnums=(0, 1))
 def _clip_norm(
     order: float,
-    layouts: tuple[PackLayout, ...],
+    layouts: tuple[Layout, ...],
     pack_grads: list[jax.Array],
     masks: list[Any],
     plain_grads: list[Any],
@@ -272,7 +274,7 @@ def _clip_norm(
 
     new_packs = [
         shard_like(g, scaled(g) if m is None
-                   else jnp.where(slot_mask(m, pl).reshape(g.shape), scaled(g), g))
+                   else jnp.where(pl.slot_mask(m).reshape(g.shape), scaled(g), g))
         for g, m, pl in zip(pack_grads, masks, layouts)
     ]
     new_plain = [shard_like(g, scaled(g)) for g in plain_grads]
@@ -281,7 +283,7 @@ def _clip_norm(
 
 @jax.jit(static_argnums=(0,))
 def _clip_value(
-    layouts: tuple[PackLayout, ...],
+    layouts: tuple[Layout, ...],
     pack_grads: list[jax.Array],
     masks: list[Any],
     plain_grads: list[Any],
@@ -293,7 +295,7 @@ def _clip_value(
 
     new_packs = [
         shard_like(g, clamped(g) if m is None
-                   else jnp.where(slot_mask(m, pl).reshape(g.shape), clamped(g), g))
+                   else jnp.where(pl.slot_mask(m).reshape(g.shape), clamped(g), g))
         for g, m, pl in zip(pack_grads, masks, layouts)
     ]
     return new_packs, [shard_like(g, clamped(g)) for g in plain_grads]

@@ -32,12 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx._src.core.layout import Layout
 from lucid_fx._src.core.validation import check_hyperparameter
 from lucid_fx._src.interop.host import from_torch, host_array, torch_tensor
 from lucid_fx._src.interop.torch import ParamNames, torch_positions
 from lucid_fx._src.stateful.autodiff import Parameter
 from lucid_fx._src.stateful.optimizer import Closure, Optimizer, ParamGroup, Params, StateDict
-from lucid_fx._src.stateful.param_groups import hyperparameters
+from lucid_fx._src.stateful.param_groups import options_of
 from lucid_fx._src.stateful.tracing import check_eager
 
 # A host scalar of the search: a Python number where torch holds one (the loss, lr),
@@ -98,84 +99,39 @@ def _lbfgs_hyperparameters(
 # ----- the flat vector ------------------------------------------------------------------
 
 
-class _FlatLayout(NamedTuple):
-    """Where each Parameter lives in the flat vector, as torch lays it out.
+def _vector_layout(params: Sequence[Parameter]) -> Layout:
+    """The flat vector of every Parameter, as torch lays it out (``torch.cat`` of the
+    views): a complex Parameter as its (real, imaginary) pairs (``view_as_real``), the
+    vector in the widest real dtype of them (torch.cat promotes), a narrower Parameter
+    receiving its part rounded."""
+    dtypes = [np.dtype(p.dtype) for p in params]
+    real = np.dtype(jnp.result_type(*[jnp.finfo(dt).dtype for dt in dtypes]))
+    return Layout.flat([p.shape for p in params], dtypes, real)
 
-    A complex Parameter takes its (real, imaginary) pairs, as torch's
-    ``view_as_real``; the vector has the widest real dtype of them (torch.cat
-    promotes), and a narrower Parameter receives its part rounded.
-    """
 
-    shapes: tuple[tuple[int, ...], ...]
-    dtypes: tuple[np.dtype, ...]
-    dtype: np.dtype
-
-    @classmethod
-    def of(cls, params: Sequence[Parameter]) -> _FlatLayout:
-        dtypes = tuple(np.dtype(p.dtype) for p in params)
-        real = [np.dtype(jnp.finfo(dt).dtype) for dt in dtypes]
-        return cls(tuple(p.shape for p in params), dtypes, np.dtype(jnp.result_type(*real)))
-
-    @property
-    def sizes(self) -> list[int]:
-        """Each Parameter's length in the vector (a complex one's elements count twice)."""
-        return [int(np.prod(s)) * (2 if jnp.iscomplexobj(np.zeros((), dt)) else 1)
-                for s, dt in zip(self.shapes, self.dtypes)]
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes)
-
-    def flat(self, arrays: Sequence[jax.Array | None]) -> jax.Array:
-        """The arrays as one vector (traceable); ``None`` (no gradient) reads as zeros."""
-        parts = []
-        for a, shape, dt in zip(arrays, self.shapes, self.dtypes):
-            a = jnp.zeros(shape, dt) if a is None else a
-            if jnp.iscomplexobj(a):
-                a = jnp.stack([a.real, a.imag], axis=-1)
-            parts.append(jnp.ravel(a).astype(self.dtype))
-        return jnp.concatenate(parts)
-
-    def gather_index(self, order: Sequence[int]) -> np.ndarray:
-        """Indices that lay a vector out with the Parameters in ``order`` (indices into
-        this layout's Parameters): ``v[gather_index(order)]`` is v in that order."""
-        sizes = self.sizes
-        starts = np.cumsum([0, *sizes])
-        return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order]
-                              ) if order else np.zeros(0, np.int64)
-
-    def pieces(self, flat: jax.Array) -> list[jax.Array]:
-        """The vector cut into the Parameters' shapes and dtypes (traceable)."""
-        result, offset = [], 0
-        for shape, dt in zip(self.shapes, self.dtypes):
-            complex_ = jnp.iscomplexobj(np.zeros((), dt))
-            n = int(np.prod(shape)) * (2 if complex_ else 1)
-            part = flat[offset:offset + n]
-            offset += n
-            if complex_:
-                pairs = part.reshape(*shape, 2)
-                result.append(jax.lax.complex(pairs[..., 0], pairs[..., 1]).astype(dt))
-            else:
-                result.append(part.reshape(shape).astype(dt))
-        return result
+def _vector(layout: Layout, arrays: Sequence[jax.Array | None]) -> jax.Array:
+    """The arrays as the flat vector (traceable); ``None`` (no gradient) reads as zeros."""
+    return layout.pack([jnp.zeros(shape, dtype) if a is None else a
+                        for a, shape, dtype in zip(arrays, layout.shapes, layout.dtypes)])
 
 
 @partial(jax.jit, static_argnums=0)
 def _gathered(
-    layout: _FlatLayout, arrays: list[jax.Array | None], d: jax.Array
+    layout: Layout, arrays: list[jax.Array | None], d: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The arrays as the flat vector v, with vᵀd, ‖v‖∞ and ‖v‖₁ (v is θ or g)."""
-    v = layout.flat(arrays)
+    v = _vector(layout, arrays)
     return v, v @ d, jnp.max(jnp.abs(v)), jnp.sum(jnp.abs(v))
 
 
 @partial(jax.jit, static_argnums=0)
 def _moved(
-    layout: _FlatLayout, x: jax.Array, t: jax.Array, d: jax.Array
+    layout: Layout, x: jax.Array, t: jax.Array, d: jax.Array
 ) -> tuple[list[jax.Array], jax.Array, jax.Array]:
     """θ + t·d as the Parameters' arrays, the same as a vector, and ‖t·d‖∞."""
-    pieces = layout.pieces(x + t * d)
-    return pieces, layout.flat(pieces), jnp.max(jnp.abs(d * t))
+    # Each Parameter receives its part rounded to its own dtype, as torch's copy does.
+    pieces = [piece.astype(dtype) for piece, dtype in zip(layout.unpack(x + t * d), layout.dtypes)]
+    return pieces, layout.pack(pieces), jnp.max(jnp.abs(d * t))
 
 
 # The two-loop recursion runs on the host, a compiled call per remembered pair: the
@@ -293,7 +249,7 @@ def _reordered(entry: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
 class _EntryReader:
     """Checks one saved state entry against the flat layout and reads it into a ``_State``."""
 
-    def __init__(self, entry: Mapping[str, Any], where: str, layout: _FlatLayout) -> None:
+    def __init__(self, entry: Mapping[str, Any], where: str, layout: Layout) -> None:
         self.entry, self.where, self.layout = entry, where, layout
 
     def fail(self, key: str, problem: str) -> ValueError:
@@ -307,7 +263,7 @@ class _EntryReader:
 
     def vector(self, value: Any, key: str) -> np.ndarray:
         array = np.asarray(value)
-        n, dtype = self.layout.size, self.layout.dtype
+        n, dtype = self.layout.total, self.layout.dtype
         if array.shape != (n,) or array.dtype != dtype:
             raise self.fail(key, f"has shape {array.shape} and dtype {array.dtype}, "
                                  f"expected ({n},) {dtype}")
@@ -566,9 +522,9 @@ class LBFGS(Optimizer):
       (12.5, True)
     """
 
-    # The base needs only the hyper-parameters' signature and their check from
-    # here: LBFGS steps with its own loop, not with a per-step transform.
-    transform = staticmethod(_lbfgs_hyperparameters)  # type: ignore[assignment]
+    # LBFGS steps with its own loop, not a transform: the base reads its
+    # hyper-parameters' names and defaults, and their check, from here.
+    hyperparameters = staticmethod(_lbfgs_hyperparameters)
 
     def __init__(
         self,
@@ -595,8 +551,8 @@ class LBFGS(Optimizer):
         if group["max_eval"] is None:  # a group dict's explicit None
             group["max_eval"] = group["max_iter"] * 5 // 4
         self._params: list[Parameter] = group["params"]
-        self._layout = _FlatLayout.of(self._params)
-        self._zeros = jnp.zeros(self._layout.size, self._layout.dtype)
+        self._layout = _vector_layout(self._params)
+        self._zeros = jnp.zeros(self._layout.total, self._layout.dtype)
         self._lbfgs: _State | None = None  # None until the first step
 
     def add_param_group(self, param_group: ParamGroup) -> None:
@@ -658,7 +614,7 @@ class LBFGS(Optimizer):
                 for index, entry in state_dict["state"].items()}}
             state_dict = self._in_my_order(state_dict)
         new_groups, entries = self._validated(state_dict)
-        hyper = hyperparameters({**self.param_groups[0], **new_groups[0]}, self.defaults)
+        hyper = options_of({**self.param_groups[0], **new_groups[0]}, self.defaults)
         state = None
         if entries:
             saved: Mapping[str, Any] = entries[self._params[0]]
@@ -731,7 +687,7 @@ class LBFGS(Optimizer):
             raise TypeError("LBFGS.step() needs a closure that zeroes the gradients, computes "
                             "the loss, calls fx.backward and returns the loss")
         self._check_not_retired()
-        hyper = hyperparameters(self.param_groups[0], self.defaults)
+        hyper = options_of(self.param_groups[0], self.defaults)
         self._check_hyperparameters(hyper)
         with np.errstate(all="ignore"):  # torch's scalars overflow to inf silently
             loss, self._lbfgs = self._iterate(closure, self._lbfgs or _State(), **hyper)

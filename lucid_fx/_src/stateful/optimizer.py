@@ -1,10 +1,12 @@
-"""The generic stateful optimizer: torch's ``Optimizer`` interface over any transform.
+"""The generic stateful optimizer: torch's ``Optimizer``, over a transform or a loop of its own.
 
-``Optimizer`` owns everything that is not math: parameter groups, lazily created
-per-parameter state, ``zero_grad``, ``step(closure)``, state dicts and hooks.
-The math comes from a transform factory (``fx.rmsprop`` for ``fx.RMSprop``):
-each step calls ``factory(**hyperparameters).update`` inside one compiled,
-donated function for all groups and parameters.
+``Optimizer`` owns everything that is not math: parameter groups, Parameter
+storage, lazily created per-parameter state, ``zero_grad``, ``step(closure)``,
+state dicts and hooks. The math comes from a transform factory (``fx.rmsprop``
+for ``fx.RMSprop``): each step calls ``factory(**options).update`` inside one
+compiled, donated function for all groups and parameters. An optimizer whose
+step is no transform (LBFGS, a host loop of closure calls) names its
+hyper-parameters instead and steps itself.
 
 Two choices make that fast. Numeric hyper-parameters enter the compiled step as
 arrays, so writing ``param_groups[i]["lr"] = ...`` takes effect at the next step
@@ -28,12 +30,13 @@ import inspect
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation
 from lucid_fx._src.interop import torch as torch_compat
 from lucid_fx._src.scale.dispatch import wait_for
@@ -48,7 +51,7 @@ from lucid_fx._src.stateful.param_groups import (
     check_hyperparameters,
     check_naming,
     checked_group,
-    hyperparameters,
+    options_of,
 )
 from lucid_fx._src.stateful.parameter import Parameter
 from lucid_fx._src.stateful.state_dict import StateDict
@@ -58,7 +61,7 @@ from lucid_fx._src.stateful.steps import (
     StepArgs,
     compiled_step,
     complete_state,
-    schema_of,
+    skip_switch,
     split_hyperparameters,
 )
 from lucid_fx._src.stateful.storage import ParamPack, make_packs
@@ -73,40 +76,45 @@ Closure: TypeAlias = Callable[[], Any]
 class Optimizer:
     """Base of the stateful optimizers: param groups, state, step, state dicts, hooks.
 
-    Subclasses name their transform factory in ``transform``; its keyword
-    arguments (and their defaults) are the hyper-parameters. A subclass's
-    ``__init__`` is its torch class's signature: torch's implementation options
-    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are accepted
-    where torch takes them and kept in ``defaults`` and every group as torch
-    keeps them, but change nothing: the step is one fused XLA program
-    (``differentiable=True`` is refused: see
-    :func:`~lucid_fx._src.stateful.param_groups.check_implementation_options`). ``skip_flag`` names
-    the boolean hyper-parameter with which the transform skips a step on
-    non-finite gradients; the optimizer makes that decision step-wide, so one
-    bad gradient skips every parameter of those groups.
+    A subclass declares its math one of two ways:
 
-    The factory's state is a NamedTuple that declares its schema
-    (:mod:`lucid_fx._src.core.schema`): which fields are parameter-shaped buffers,
-    which are one number per parameter (a step count), their dtypes, and the
-    hyper-parameter whose 0 removes a field (compiled out while it is 0 and no
-    parameter of the group holds that field yet, as momentum's buffer). Its
-    field names are the state-dict keys. A schedule for ``lr`` is not accepted
-    here: a scheduler of :mod:`lucid_fx._src.schedules.lr_scheduler` writes ``param_groups``.
+    - ``transform``: a transform factory whose keyword arguments (and their
+      defaults) are the hyper-parameters, and whose state declares its schema
+      (:mod:`lucid_fx._src.core.schema`): which fields are per-parameter arrays or
+      numbers, their dtypes and torch keys, what switches them on, and whether
+      the math is element-wise (then small Parameters share flat buffers; else
+      same-shape ones share stacks). The base steps it: every group and
+      Parameter in one compiled call. Every optimizer of torch's family is one.
+    - ``hyperparameters``: a function whose signature lists the hyper-parameters
+      and which checks them, for an optimizer that steps by itself (LBFGS): it
+      overrides ``step`` and the state methods.
+
+    A subclass's ``__init__`` is its torch class's signature: torch's
+    implementation options (``foreach``, ``fused``, ``capturable``,
+    ``differentiable``) are accepted where torch takes them and kept in
+    ``defaults`` and every group as torch keeps them, but change nothing: the
+    step is one fused XLA program (``differentiable=True`` is refused: see
+    :func:`~lucid_fx._src.stateful.param_groups.check_implementation_options`). A
+    transform's ``skip_nonfinite`` is decided step-wide: one bad gradient skips
+    every parameter of those groups. A schedule for ``lr`` is not accepted here:
+    a scheduler of :mod:`lucid_fx.lr_scheduler` writes ``param_groups``.
     """
 
-    transform: Callable[..., GradientTransformation]
-    skip_flag: str | None = None
-    # Where a buffer's layout differs from torch's (RMSprop keeps lr inside its
-    # momentum buffer): the conversions, as torch_compat.BufferConversion.
-    torch_buffer_from: torch_compat.BufferConversion | None = None
-    torch_buffer_to: torch_compat.BufferConversion | None = None
-    # State fields no run makes negative, and what they are (for the message);
-    # counts always, a subclass adds what its math rules out (RMSprop's average).
-    never_negative: Mapping[str, str] = {"step": "a step count"}
+    transform: ClassVar[Callable[..., GradientTransformation] | None] = None
+    hyperparameters: ClassVar[Callable[..., Any] | None] = None
     # Hyper-parameters compiled out while they are 0, as the functional face does for
     # a Python 0: weight decay then reads no θ (one pass over memory fewer). Writing
     # a non-zero value compiles the step once more; going back to 0 reuses the first.
-    compiled_out_at_zero: tuple[str, ...] = ("weight_decay",)
+    compiled_out_at_zero: ClassVar[tuple[str, ...]] = ("weight_decay",)
+
+    @classmethod
+    def _declaration(cls) -> Callable[..., Any]:
+        """The function whose signature lists the hyper-parameters, and which checks them."""
+        declared = cls.transform if cls.transform is not None else cls.hyperparameters
+        if declared is None:
+            raise TypeError(f"{cls.__name__} must name its transform factory (transform = ...) "
+                            f"or its hyper-parameters (hyperparameters = ...)")
+        return declared
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         # A subclass's explicit __init__ (the signature IDEs and type checkers see)
@@ -120,11 +128,11 @@ class Optimizer:
         (``foreach``, ...) that the subclass's torch signature takes; every transform
         argument not given takes the factory's default."""
         check_eager(f"{type(self).__name__}(...)")
-        factory = type(self).transform
+        declaration = type(self)._declaration()
         transform_options = {k: v for k, v in options.items() if k not in IMPLEMENTATION_OPTIONS}
-        bound = bind(type(self), inspect.signature(factory), (), transform_options)
+        bound = bind(type(self), inspect.signature(declaration), (), transform_options)
         bound.apply_defaults()
-        # The factory's arguments, in its order: the ones its transform is called with.
+        # The declaration's arguments, in its order: the ones a transform is called with.
         self._transform_keys: tuple[str, ...] = tuple(bound.arguments)
         self.defaults: dict[str, Any] = {  # in the class's (torch's) order
             **options, **{k: v for k, v in bound.arguments.items() if k not in options}}
@@ -147,7 +155,7 @@ class Optimizer:
     # ----- parameter groups ---------------------------------------------------------
 
     def _check_hyperparameters(self, hyper: Mapping[str, Any]) -> None:
-        check_hyperparameters(type(self).transform, hyper)
+        check_hyperparameters(type(self)._declaration(), hyper)
 
     def add_param_group(self, param_group: ParamGroup) -> None:
         """Adds a group: ``{"params": [...], **hyper-parameters}``; missing keys take defaults."""
@@ -164,7 +172,9 @@ class Optimizer:
         self.param_groups.append(group)
         # Parameters held by an earlier optimizer (re-running `opt = RMSprop(...)`
         # is common) move here, and that optimizer's storage is retired.
-        packs = make_packs(group["params"])
+        transform = type(self).transform
+        packs = make_packs(group["params"], elementwise=transform is None
+                           or schema.of(transform).elementwise)
         for pack in packs:
             self._initialized[pack] = np.zeros(len(pack.params), bool)
         self._packs.append(packs)
@@ -186,7 +196,7 @@ class Optimizer:
     def _param_states(self) -> list[tuple[Parameter, dict[str, np.ndarray]]]:
         """(Parameter, its state as host arrays) for each Parameter that has state."""
         return saved.param_states((pack for packs in self._packs for pack in packs),
-                                  self._pack_state, self._initialized, type(self).transform)
+                                  self._pack_state, self._initialized, self._transform())
 
     def __repr__(self) -> str:
         """torch's form: per group, every entry but ``params``, sorted by key."""
@@ -225,13 +235,21 @@ class Optimizer:
         self._hooks.after_step(self, args, kwargs)
         return loss
 
+    def _transform(self) -> Callable[..., GradientTransformation]:
+        """The transform factory this optimizer steps (an optimizer that steps by itself
+        overrides every method that asks for it)."""
+        transform = type(self).transform
+        if transform is None:
+            raise TypeError(f"{type(self).__name__} has no transform to step")
+        return transform
+
     def _group_call(
         self, group: ParamGroup, packs: list[ParamPack]
     ) -> tuple[StaticKey, dict[str, Any]]:
         """Splits a group's hyper-parameters into the compile key and the traced arrays."""
-        self._check_hyperparameters(hyperparameters(group, self.defaults))
+        self._check_hyperparameters(options_of(group, self.defaults))
         return split_hyperparameters(
-            type(self).transform, group, self._transform_keys, self.compiled_out_at_zero,
+            self._transform(), group, self._transform_keys, self.compiled_out_at_zero,
             [self._pack_state.get(pack) for pack in packs])
 
     def _check_not_retired(self) -> None:
@@ -249,7 +267,7 @@ class Optimizer:
         for packs in self._packs:
             for pack in packs:
                 pack.check_grads()
-        factory = type(self).transform
+        factory = self._transform()
         keys, hypers, buffers, grads, states, masks, active = [], [], [], [], [], [], []
         for group, packs in zip(self.param_groups, self._packs):
             static, arrays = self._group_call(group, packs)
@@ -267,7 +285,8 @@ class Optimizer:
             return None
         first = next(b for bs in buffers for b in bs)
         device: jax.Device = next(iter(first.sharding.device_set))
-        args = StepArgs(factory, tuple(keys), self.skip_flag, hypers, buffers, grads, states, masks)
+        args = StepArgs(factory, tuple(keys), skip_switch(factory), hypers, buffers, grads,
+                        states, masks)
         return active, device.platform, args
 
     def _apply_step(self) -> None:
@@ -315,17 +334,17 @@ class Optimizer:
         """
         check_eager(f"{type(self).__name__}.load_state_dict()")
         state_dict = self._hooks.before_load(self, state_dict)
-        factory = type(self).transform
+        factory = self._transform()
+        declared = schema.of(factory)
         if torch_compat.is_torch_state_dict(state_dict):
-            state_dict = torch_compat.state_dict_from_torch(
-                state_dict, schema_of(factory), convert=type(self).torch_buffer_from)
+            state_dict = torch_compat.state_dict_from_torch(state_dict, declared)
         else:  # lucid_fx's own; its arrays are tensors if it went through torch.load
             state_dict = torch_compat.with_numpy_values(state_dict)
-        saved.check_state_values(state_dict, self.never_negative)
+        saved.check_state_values(state_dict, declared.never_negative)
         new_groups, entries = self._validated(state_dict)
         new_pack_state, new_initialized = {}, {}
         for group, hyper, packs in zip(self.param_groups, new_groups, self._packs):
-            tx = factory(**hyperparameters({**group, **hyper}, self._transform_keys))
+            tx = factory(**options_of({**group, **hyper}, self._transform_keys))
             for pack in packs:
                 state, initialized = saved.pack_state_from_entries(pack, entries, tx, factory)
                 new_pack_state[pack], new_initialized[pack] = state, initialized
@@ -352,10 +371,8 @@ class Optimizer:
         buffers the configuration uses but that do not exist yet are zeros. See
         :func:`lucid_fx._src.interop.torch.state_dict_to_torch`.
         """
-        factory = type(self).transform
         return torch_compat.state_dict_to_torch(
-            self.state_dict(), schema_of(factory), torch_compat.used_fields(factory),
-            convert=type(self).torch_buffer_to, param_names=param_names)
+            self.state_dict(), schema.of(self._transform()), param_names=param_names)
 
     def _validated(self, sd: Any) -> tuple[list[dict[str, Any]], dict[Parameter, Any]]:
         return saved.validated(sd, self.param_groups, self.defaults,
@@ -365,7 +382,7 @@ class Optimizer:
         self, p: Parameter, entry: Any, *, where: str, group: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
         """A saved per-parameter dict as host arrays, checked against the state's template."""
-        return saved.checked_entry(p, entry, where=where, factory=type(self).transform,
+        return saved.checked_entry(p, entry, where=where, factory=self._transform(),
                                    group=group)
 
     # ----- hooks --------------------------------------------------------------------

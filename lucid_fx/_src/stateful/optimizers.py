@@ -9,13 +9,9 @@ against torch's and each default against the factory's.
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
-import jax.numpy as jnp
-
-from lucid_fx._src.interop import torch as torch_compat
-from lucid_fx._src.stateful.optimizer import Optimizer, Params, StateDict
+from lucid_fx._src.stateful.optimizer import Optimizer, Params
 from lucid_fx._src.transforms.adadelta import adadelta
 from lucid_fx._src.transforms.adagrad import adagrad
 from lucid_fx._src.transforms.adam import adam, adamw
@@ -54,7 +50,6 @@ class SGD(Optimizer):
     """
 
     transform = staticmethod(sgd)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -113,7 +108,6 @@ class Adam(Optimizer):
     """
 
     transform = staticmethod(adam)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -163,7 +157,6 @@ class AdamW(Optimizer):
     """
 
     transform = staticmethod(adamw)
-    skip_flag = "skip_nonfinite"
 
     def __init__(
         self,
@@ -246,7 +239,6 @@ class RMSprop(Optimizer):
     """
 
     transform = staticmethod(rmsprop)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -274,26 +266,6 @@ class RMSprop(Optimizer):
             state_dtype=state_dtype,
         )
 
-    never_negative = MappingProxyType(
-        {"step": "a step count", "square_avg": "an average of squares"})
-    # torch keeps lr out of the momentum buffer: b = lr·b_torch (lucid_fx._src.interop.torch).
-    torch_buffer_from = staticmethod(torch_compat.rmsprop_buffer_from_torch)
-    torch_buffer_to = staticmethod(torch_compat.rmsprop_buffer_to_torch)
-
-    def torch_state_dict(self, param_names: torch_compat.ParamNames | None = None) -> StateDict:
-        """This optimizer's state in the form ``torch.optim.RMSprop.load_state_dict`` takes.
-
-        As :meth:`Optimizer.torch_state_dict`, with momentum buffers ``b / lr``.
-        Raises ``ValueError`` for an lr of 0 with a non-zero buffer, a schedule,
-        or a complex parameter (torch treats its parts as separate elements).
-        """
-        for i, p in enumerate(self._indexed_params()):
-            if jnp.issubdtype(p.dtype, jnp.complexfloating):
-                raise ValueError(
-                    f"parameter {i} {p!r} is complex: torch's RMSprop treats its real and "
-                    f"imaginary parts as separate elements, so the state does not convert"
-                )
-        return super().torch_state_dict(param_names)
 
 
 class Adagrad(Optimizer):
@@ -327,10 +299,8 @@ class Adagrad(Optimizer):
     """
 
     transform = staticmethod(adagrad)
-    skip_flag = "skip_nonfinite"
     # As the functional face does for a Python 0: no θ read, no division by 1.
     compiled_out_at_zero = ("weight_decay", "lr_decay")
-    never_negative = MappingProxyType({"step": "a step count", "sum": "a sum of squares"})
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -385,10 +355,6 @@ class Adadelta(Optimizer):
     """
 
     transform = staticmethod(adadelta)
-    skip_flag = "skip_nonfinite"
-    never_negative = MappingProxyType({"step": "a step count",
-                                       "square_avg": "an average of squares",
-                                       "acc_delta": "an average of squares"})
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -440,8 +406,6 @@ class Adamax(Optimizer):
     """
 
     transform = staticmethod(adamax)
-    skip_flag = "skip_nonfinite"
-    never_negative = MappingProxyType({"step": "a step count", "exp_inf": "a maximum of |g| + eps"})
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -499,7 +463,6 @@ class NAdam(Optimizer):
     """
 
     transform = staticmethod(nadam)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -561,7 +524,6 @@ class RAdam(Optimizer):
     """
 
     transform = staticmethod(radam)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -620,7 +582,6 @@ class ASGD(Optimizer):
     """
 
     transform = staticmethod(asgd)
-    skip_flag = "skip_nonfinite"
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.
@@ -676,8 +637,6 @@ class Rprop(Optimizer):
     """
 
     transform = staticmethod(rprop)
-    skip_flag = "skip_nonfinite"
-    never_negative = MappingProxyType({"step": "a step count", "step_size": "a step size"})
 
     # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
     # against torch's and the factory's.

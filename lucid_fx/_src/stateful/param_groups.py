@@ -4,16 +4,16 @@ An optimizer takes Parameters, ``(name, Parameter)`` pairs, or param-group
 dicts of either (torch's forms). :func:`as_groups` turns the argument into a
 list of group dicts, :func:`checked_group` checks one group and fills in the
 defaults, :func:`check_naming` checks the names across groups, and
-:func:`hyperparameters` reads a group's hyper-parameters back. Every check
+:func:`options_of` reads a group's options back. Every check
 raises before any Parameter moves into an optimizer's storage.
 
 Example:
   >>> import jax.numpy as jnp, lucid_fx as fx
-  >>> from lucid_fx._src.stateful.param_groups import as_groups, checked_group, hyperparameters
+  >>> from lucid_fx._src.stateful.param_groups import as_groups, checked_group, options_of
   >>> p = fx.Parameter(jnp.zeros(2))
   >>> [group] = as_groups("SGD", [("w", p)])
   >>> group = checked_group(group, set(), {"lr": 0.1, "momentum": 0}, lambda hyper: None)
-  >>> group["param_names"], hyperparameters(group)
+  >>> group["param_names"], options_of(group)
   (['w'], {'lr': 0.1, 'momentum': 0})
 """
 
@@ -180,13 +180,13 @@ def checked_group(
             )
         seen.add(id(p))
     group = {**defaults, **param_group, "params": params}
-    check(hyperparameters(group, defaults))
+    check(options_of(group, defaults))
     if names is not None:
         group["param_names"] = names
     return group
 
 
-def hyperparameters(
+def options_of(
     group: Mapping[str, Any], keys: Iterable[str] | None = None
 ) -> dict[str, Any]:
     """A param group's entries but its params and their names; only ``keys`` if given.

@@ -1,14 +1,18 @@
 """``Parameter``, a mutable holder of one array, and who holds its storage.
 
 A Parameter holds its value and gradient as its own arrays until an optimizer
-takes it: then both live in a slot of a packed buffer (:class:`~lucid_fx._src.stateful.storage.ParamPack`)
-and ``.value`` / ``.grad`` read and write through it. Ownership moves by one
-protocol, and only this module assigns a Parameter's attributes:
+takes it: then both live in a slot of a storage (the optimizer's packed
+buffer, :class:`~lucid_fx._src.stateful.storage.ParamPack`) and ``.value`` /
+``.grad`` read and write through it. Ownership moves by one protocol, and only
+this module assigns a Parameter's attributes:
 
-- ``ParamPack(params)`` adopts them: it calls ``p._move_into(pack, slot)``;
-- ``pack.release(p)`` gives ``p`` its arrays back: it calls ``p._move_out()``;
-- everyone else reads :attr:`Parameter.storage`: the :class:`PackedSlot` that
+- a storage adopts a Parameter with ``p.move_into(storage, slot)``;
+- it gives the Parameter its arrays back with ``p.move_out()``;
+- everyone else reads :attr:`Parameter.storage`: the :class:`StorageSlot` that
   holds the Parameter, or ``None`` while it holds its own arrays.
+
+A storage is anything with the methods of :class:`Storage`; this module does not
+know packing.
 
 Example:
   >>> import jax.numpy as jnp, lucid_fx as fx
@@ -22,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +34,25 @@ import numpy as np
 
 from lucid_fx._src.stateful.tracing import check_eager
 
-if TYPE_CHECKING:
-    from lucid_fx._src.stateful.storage import ParamPack
+
+class Storage(Protocol):
+    """What holds the values and gradients of Parameters, one slot each."""
+
+    params: list[Parameter]
+
+    def value_of(self, slot: int) -> jax.Array: ...
+    def set_value(self, slot: int, value: Any) -> None: ...
+    def grad_of(self, slot: int) -> jax.Array | None: ...
+    def set_grad(self, slot: int, grad: jax.Array | None) -> None: ...
+    def shape_of(self, slot: int) -> tuple[int, ...]: ...
+    def dtype_of(self, slot: int) -> np.dtype: ...
+    def release(self, p: Parameter) -> None: ...
 
 
-class PackedSlot(NamedTuple):
+class StorageSlot(NamedTuple):
     """Where a Parameter held by an optimizer lives: slot ``slot`` of ``pack``."""
 
-    pack: ParamPack
+    pack: Storage
     slot: int
 
 
@@ -71,26 +86,25 @@ class Parameter:
             ) from None
         self._value: jax.Array | None = value
         self._grad: jax.Array | None = None
-        self._storage: PackedSlot | None = None
+        self._storage: StorageSlot | None = None
 
     @property
-    def storage(self) -> PackedSlot | None:
+    def storage(self) -> StorageSlot | None:
         """The pack and slot holding this Parameter, or ``None`` while it holds its own arrays."""
         return self._storage
 
-    def _move_into(self, pack: ParamPack, slot: int) -> None:
-        """Called by ``ParamPack`` only: from now on ``pack`` holds value and gradient.
-
-        The pack already holds the value (it read ``.value`` to build its buffer);
-        a gradient set before moves into the pack.
-        """
+    def move_into(self, storage: Storage, slot: int) -> None:
+        """For a storage adopting this Parameter: from now on ``storage`` holds its value
+        and gradient, in ``slot``. The storage already holds the value (it read
+        ``.value`` to build its buffer); a gradient set before moves into it."""
         grad = self._grad
-        self._storage, self._value, self._grad = PackedSlot(pack, slot), None, None
+        self._storage, self._value, self._grad = StorageSlot(storage, slot), None, None
         if grad is not None:
-            pack.set_grad(slot, grad)
+            storage.set_grad(slot, grad)
 
-    def _move_out(self) -> None:
-        """Called by ``ParamPack.release`` only: value and gradient become own arrays again."""
+    def move_out(self) -> None:
+        """For the storage releasing this Parameter: its value and gradient become its
+        own arrays again."""
         value, grad = self.value, self.grad
         self._storage, self._value, self._grad = None, value, grad
 
@@ -128,11 +142,13 @@ class Parameter:
     def shape(self) -> tuple[int, ...]:
         if self._storage is None:
             return tuple(self.value.shape)
-        return self._storage.pack.layout.shapes[self._storage.slot]
+        return self._storage.pack.shape_of(self._storage.slot)
 
     @property
     def dtype(self) -> np.dtype:
-        return self.value.dtype if self._storage is None else self._storage.pack.layout.dtype
+        if self._storage is None:
+            return self.value.dtype
+        return self._storage.pack.dtype_of(self._storage.slot)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"

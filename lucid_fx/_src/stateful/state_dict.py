@@ -28,15 +28,16 @@ from typing import Any, TypeAlias
 import jax
 import numpy as np
 
+from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation
 from lucid_fx._src.core.placement import commit_like, put_like, to_host
 from lucid_fx._src.core.schema import Field
 from lucid_fx._src.interop import torch as torch_compat
 from lucid_fx._src.interop.host import host_array
-from lucid_fx._src.stateful.param_groups import IMPLEMENTATION_OPTIONS, ParamGroup, hyperparameters
+from lucid_fx._src.stateful.param_groups import IMPLEMENTATION_OPTIONS, ParamGroup, options_of
 from lucid_fx._src.stateful.parameter import Parameter
-from lucid_fx._src.stateful.steps import Factory, PackState, schema_of, state_type
-from lucid_fx._src.stateful.storage import PackLayout, ParamPack
+from lucid_fx._src.stateful.steps import Factory, PackState
+from lucid_fx._src.stateful.storage import ParamPack
 
 StateDict: TypeAlias = dict[str, Any]
 # Checks one saved per-parameter entry: (Parameter, entry, where=...) -> host arrays.
@@ -49,19 +50,20 @@ def present_fields(state: PackState) -> dict[str, Any]:
 
 
 def slot_entry(
-    fields: dict[str, np.ndarray], layout: PackLayout, slot: int, schema: Mapping[str, Field]
+    fields: dict[str, np.ndarray], pack: ParamPack, slot: int, declared: Mapping[str, Field]
 ) -> dict[str, np.ndarray]:
-    """One parameter's state dict cut from a pack's host arrays."""
+    """One parameter's state dict cut from a pack's host arrays (absent fields left out)."""
     entry: dict[str, np.ndarray] = {}
     for name, value in fields.items():
-        kind = schema[name].kind
-        if kind == "per_parameter":
+        kind = declared[name].kind
+        if kind == "scalar":
             cut = value[slot].copy()
-        elif kind == "counter":
+        elif kind == "whole":
             cut = value
+        elif pack.layout.kind == "flat":  # element-wise: shaped like the parameter
+            cut = pack.layout.cut(value, slot)
         else:
-            start, size = layout.offsets[slot], layout.sizes[slot]
-            cut = value.reshape(-1)[start:start + size].reshape(layout.shapes[slot]).copy()
+            cut = np.array(value[slot] if pack.layout.kind == "stacked" else value)
         entry[name] = host_array(cut)  # 0-d arrays, not NumPy scalars: torch.load reads them
     return entry
 
@@ -72,14 +74,14 @@ def param_states(
 ) -> list[tuple[Parameter, dict[str, np.ndarray]]]:
     """(Parameter, its state as host arrays) for each Parameter that has state."""
     result = []
+    declared = schema.of(factory).fields
     for pack in packs:
         state = pack_state.get(pack)
         if state is None:
             continue
         fields = {k: to_host(v) for k, v in present_fields(state).items()}
-        schema = schema_of(factory)
         for slot in map(int, np.flatnonzero(initialized[pack])):
-            result.append((pack.params[slot], slot_entry(fields, pack.layout, slot, schema)))
+            result.append((pack.params[slot], slot_entry(fields, pack, slot, declared)))
     return result
 
 
@@ -177,7 +179,7 @@ def validated(
             )
         # Keys beyond the factory's (a scheduler's initial_lr, max_lr, ...) are
         # restored with the group, as torch does; only the factory's are checked.
-        hyper = hyperparameters(saved)
+        hyper = options_of(saved)
         # Every hyper-parameter torch has too must be saved: a missing one means a
         # misspelt or foreign dict (lr saved as "learning_rate"), not "use the default".
         # Options that change no number keep the group's values when absent: lucid_fx's
@@ -188,7 +190,7 @@ def validated(
         if missing:
             raise ValueError(f"param_groups[{gi}] lacks key(s) {missing}")
         try:
-            check_hyperparameters(hyperparameters({**group, **hyper}, defaults))
+            check_hyperparameters(options_of({**group, **hyper}, defaults))
         except ValueError as error:
             raise ValueError(f"param_groups[{gi}]: {error}") from None
         new_groups.append(hyper)
@@ -271,16 +273,15 @@ def checked_entry(
     in ``group``'s configuration (its ``state_dtype``)."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a dict of arrays, got {type(entry).__name__}")  # noqa: TRY004 (one error type for every bad value)
-    schema = schema_of(factory)
+    declared = schema.of(factory).fields
     state_dtype = group.get("state_dtype")
-    template = {
-        name: (p.shape if field.kind == "buffer" else (), field.dtype_for(p.dtype, state_dtype))
-        for name, field in schema.items()
-    }
-    unknown = set(entry) - set(template)
+    template = {name: (field.shape_for(p.shape), field.dtype_for(p.dtype, state_dtype))
+                for name, field in declared.items()}
+    unknown = {k for k in entry if k not in template or template[k][0] is None}
     if unknown:
-        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; known: {sorted(template)}")
-    missing = {name for name, field in schema.items() if not field.optional} - set(entry)
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; known: "
+                         f"{sorted(k for k, (shape, _) in template.items() if shape is not None)}")
+    missing = {name for name, field in declared.items() if not field.optional} - set(entry)
     if missing:
         raise ValueError(f"{where} is missing key(s) {sorted(missing)}")
     checked = {}
@@ -303,30 +304,37 @@ def pack_state_from_entries(
     initialized = np.array([p in entries for p in pack.params])
     if not initialized.any():
         return None, initialized
-    fresh = present_fields(tx.init(pack.buffer))
+    stacked = pack.layout.kind == "stacked"
+    one = present_fields(tx.init(pack.buffer[0] if stacked else pack.buffer))
     fields: dict[str, Any] = {}
-    for name, field in schema_of(factory).items():
+    for name, field in schema.of(factory).fields.items():
         present = [(slot, entries[p][name]) for slot, p in enumerate(pack.params)
                    if p in entries and name in entries[p]]
         if not present:
             fields[name] = None
-        elif field.kind == "per_parameter":
+        elif field.kind == "scalar":
             # Parameters without saved state start at the transform's initial value.
-            values = np.full(len(pack.params), to_host(fresh[name]) if name in fresh else 0,
+            values = np.full(len(pack.params), to_host(one[name]) if name in one else 0,
                              present[0][1].dtype)
             for slot, value in present:
                 values[slot] = value
             fields[name] = commit_like(pack.buffer, jax.device_put(values))
-        elif field.kind == "counter":  # one per pack: the largest saved count
+        elif field.kind == "whole":  # one per pack: the largest saved count
             fields[name] = commit_like(pack.buffer, jax.device_put(max(
                 (v for _, v in present), key=int)))
         else:
             dtype = present[0][1].dtype
-            buffer = (np.array(to_host(fresh[name]), dtype) if name in fresh
-                      else np.zeros(pack.layout.buffer_shape, dtype))
-            flat = buffer.reshape(-1)
-            for slot, value in present:
-                start = pack.layout.offsets[slot]
-                flat[start:start + value.size] = value.reshape(-1)
-            fields[name] = put_like(pack.buffer, buffer)
-    return state_type(factory)(**fields), initialized
+            start = (np.array(to_host(one[name]), dtype) if name in one
+                     else np.zeros(present[0][1].shape, dtype))
+            if stacked:  # every slot starts as the transform's init, then the saved ones
+                host = np.stack([start] * len(pack.params))
+                for slot, value in present:
+                    host[slot] = value
+            elif pack.layout.kind == "flat":
+                host = start
+                for slot, value in present:
+                    pack.layout.put(host, slot, value)
+            else:
+                host = np.array(present[0][1])
+            fields[name] = put_like(pack.buffer, host)
+    return schema.state_type_of(factory)(**fields), initialized

@@ -1,24 +1,29 @@
-"""The compiled step over packed buffers, and the state schema it is built from.
+"""The compiled step over packed Parameters, and the state it needs.
 
-``fx.Optimizer.step`` is one call of :func:`compiled_step`: every group and
-every pack (:mod:`lucid_fx._src.stateful.storage`) of the optimizer, stepped by the
-transform's ``update`` inside one jitted, donated function (one per platform:
-on CPU it is compiled with :data:`CPU_COMPILER_OPTIONS`). A pack is one
-buffer to the transform; its per-parameter scalars (a step count) are a vector
-with one entry per Parameter, spread over the buffer's elements for the math
-and read back after.
+``fx.Optimizer.step`` is one call of :func:`compiled_step`: every group and every
+pack (:mod:`lucid_fx._src.stateful.storage`) of the optimizer, stepped by the
+transform's ``update`` inside one jitted, donated function (one per platform: on
+CPU compiled with :data:`CPU_COMPILER_OPTIONS`). How a pack meets the transform
+follows its layout:
+
+- a flat buffer is one array to the transform; its per-parameter numbers (a
+  step count) are a vector with one entry per Parameter, spread over the
+  buffer's elements for the element-wise math and read back after;
+- a stack runs the transform once per Parameter, all at once (``jax.vmap``):
+  each sees its own array, its own state and its own numbers;
+- a single array is the transform's one array.
 
 The step compiles once per structure: the non-traced hyper-parameters
 (:func:`split_hyperparameters`), the packs' layouts, and which state fields
 exist. So every state arrives complete for its configuration
 (:func:`complete_state`), shaped as :func:`pack_template` says, from the
-factory's declared schema (:func:`schema_of`, :mod:`lucid_fx._src.core.schema`).
+factory's declared schema (:mod:`lucid_fx._src.core.schema`).
 
 Example:
   >>> import lucid_fx as fx
-  >>> from lucid_fx._src.stateful.steps import schema_of, structural_zeros
-  >>> sorted(schema_of(fx.sgd)), structural_zeros(fx.sgd)
-  (['momentum_buffer', 'skipped', 'step'], {'momentum': 'momentum_buffer'})
+  >>> from lucid_fx._src.stateful.steps import compiled_out_switches
+  >>> compiled_out_switches(fx.sgd)
+  {'momentum': 'momentum_buffer'}
 """
 
 from __future__ import annotations
@@ -31,36 +36,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lucid_fx._src.core import schema as state_schema
+from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation, apply_updates
+from lucid_fx._src.core.layout import Layout
 from lucid_fx._src.core.placement import commit_like
 from lucid_fx._src.core.scalars import PreciseScalar, as_precise, is_static
-from lucid_fx._src.core.schema import Field
 from lucid_fx._src.core.validation import is_static_zero
-from lucid_fx._src.stateful.storage import PackLayout, ParamPack, per_array, per_element, slot_mask
+from lucid_fx._src.stateful.storage import ParamPack
 
-PackState: TypeAlias = Any  # the factory's state NamedTuple over one pack's buffer
+PackState: TypeAlias = Any  # the factory's state NamedTuple over one pack
 Factory: TypeAlias = Callable[..., GradientTransformation]
 StaticKey: TypeAlias = tuple[tuple[str, Any], ...]  # the non-traced hyper-parameters
 
 
 @cache
-def state_type(factory: Factory) -> type:
-    """The NamedTuple class of the factory's state."""
-    return type(jax.eval_shape(lambda: factory().init(jnp.zeros(()))))
+def compiled_out_switches(factory: Factory) -> dict[str, str]:
+    """Argument -> the state field its value 0 (or False) removes (momentum's buffer)."""
+    return {arg: field for field, arg in schema.of(factory).switches.items()
+            if arg != "skip_nonfinite"}
 
 
-@cache
-def schema_of(factory: Factory) -> Mapping[str, Field]:
-    """The declared schema of the factory's state (lucid_fx._src.core.schema)."""
-    return state_schema.fields_of(state_type(factory))
-
-
-@cache
-def structural_zeros(factory: Factory) -> dict[str, str]:
-    """Hyper-parameter -> the state field that its value 0 removes (momentum's buffer)."""
-    return {field.absent_when_zero: name for name, field in schema_of(factory).items()
-            if field.absent_when_zero is not None}
+def skip_switch(factory: Factory) -> str | None:
+    """The argument with which the transform skips a step on non-finite gradients."""
+    skipped = schema.of(factory).fields.get("skipped")
+    return None if skipped is None else skipped.switch
 
 
 def traced_shapes(arrays: Mapping[str, Any]) -> tuple[tuple[str, int | None], ...]:
@@ -82,11 +81,12 @@ def split_hyperparameters(
     (``states``) holds yet; any other number is traced, so a new value does not
     recompile.
     """
+    switches = compiled_out_switches(factory)
     static: list[tuple[str, Any]] = []
     arrays: dict[str, Any] = {}
     for name in names:
         value = group[name]
-        field = structural_zeros(factory).get(name)
+        field = switches.get(name)
         if is_static(value):
             static.append((name, bool(value) if isinstance(value, np.bool_) else value))
         elif is_static_zero(value) and (name in compiled_out_at_zero or (field is not None and not any(
@@ -99,40 +99,75 @@ def split_hyperparameters(
     return tuple(static), arrays
 
 
+def _instance(layout: Layout) -> jax.ShapeDtypeStruct:
+    """What the transform sees of a pack: the buffer, or one array of a stack."""
+    shape = layout.shapes[0] if layout.kind == "stacked" else layout.buffer_shape
+    return jax.ShapeDtypeStruct(shape, layout.dtype)
+
+
 @cache
 def pack_template(
     factory: Factory,
     static: StaticKey,
     array_shapes: tuple[tuple[str, int | None], ...],
-    layout: PackLayout,
+    layout: Layout,
 ) -> dict[str, jax.ShapeDtypeStruct | None]:
     """Field -> shape/dtype (or None when unused) of a pack's state in this configuration."""
     scalar = PreciseScalar.spec()
     hyper = {name: scalar if n is None else (scalar,) * n for name, n in array_shapes}
-    buffer = jax.ShapeDtypeStruct(layout.buffer_shape, layout.dtype)
-    state = jax.eval_shape(lambda h, b: factory(**dict(static), **h).init(b), hyper, buffer)
-    schema = schema_of(factory)
-    return {  # one per-parameter scalar per parameter of the pack
-        name: jax.ShapeDtypeStruct((len(layout),), t.dtype)
-        if t is not None and schema[name].kind == "per_parameter" else t
-        for name, t in state._asdict().items()
-    }
+    state = jax.eval_shape(lambda h, b: factory(**dict(static), **h).init(b), hyper,
+                           _instance(layout))
+    fields = schema.of(factory).fields
+    template: dict[str, jax.ShapeDtypeStruct | None] = {}
+    for name, t in state._asdict().items():
+        kind = fields[name].kind
+        if t is None or kind == "whole":
+            template[name] = t
+        elif kind == "scalar":  # one per parameter of the pack
+            template[name] = jax.ShapeDtypeStruct((len(layout),), t.dtype)
+        elif layout.kind == "stacked":
+            template[name] = jax.ShapeDtypeStruct((len(layout), *t.shape), t.dtype)
+        else:
+            template[name] = t
+    return template
 
 
-def masked(mask: jax.Array | None, layout: PackLayout, kind: str, new: Any, old: Any) -> Any:
+def masked(mask: jax.Array | None, layout: Layout, kind: str, new: Any, old: Any) -> Any:
     """``new`` where the slot stepped, ``old`` elsewhere."""
-    if mask is None or old is None or new is None or kind == "counter":
+    if mask is None or old is None or new is None or kind == "whole":
         return new
-    if kind == "per_parameter":
+    if kind == "scalar":
         return jnp.where(mask, new, old)
-    return jnp.where(slot_mask(mask, layout).reshape(new.shape), new, old)
+    if layout.kind == "stacked":  # any array of the stack's state: one row per Parameter
+        return jnp.where(jnp.reshape(mask, (len(layout),) + (1,) * (new.ndim - 1)), new, old)
+    return jnp.where(layout.slot_mask(mask).reshape(new.shape), new, old)
+
+
+def _fresh(factory: Factory, static: StaticKey, arrays: dict[str, Any], pack: ParamPack,
+           template: Mapping[str, Any]) -> dict[str, Any]:
+    """The transform's ``init`` laid out as ``template``: each Parameter's starting state."""
+    tx = factory(**dict(static), **arrays)
+    stacked = pack.layout.kind == "stacked"
+    # A stack's Parameters start alike (init reads shapes, never values): one, repeated.
+    fresh = tx.init(pack.buffer[0] if stacked else pack.buffer)
+    fields = {}
+    for name, t in template.items():
+        value = getattr(fresh, name)
+        if t is None or value is None:
+            fields[name] = value
+        elif stacked or schema.of(factory).fields[name].kind == "scalar":
+            fields[name] = commit_like(pack.buffer, jnp.broadcast_to(value, t.shape).astype(
+                t.dtype))
+        else:
+            fields[name] = value
+    return fields
 
 
 def complete_state(
     factory: Factory, state: PackState | None, initialized: np.ndarray, pack: ParamPack,
     static: StaticKey, arrays: dict[str, Any],
 ) -> PackState:
-    """The pack's state with every buffer this configuration uses, each Parameter's
+    """The pack's state with every field this configuration uses, each Parameter's
     starting where the transform's ``init`` starts it at that Parameter's first step.
 
     ``state`` is the pack's state so far (``None`` before its first step) and
@@ -150,32 +185,46 @@ def complete_state(
         getattr(state, name) is not None for name, t in template.items() if t is not None
     ):
         return state
-    # The init's fields are laid out like the buffer (its init places them);
-    # per-parameter scalars (a step count) become one entry per parameter.
-    fresh = factory(**dict(static), **arrays).init(pack.buffer)
-    schema = schema_of(factory)
-    fields = {}
+    fresh = _fresh(factory, static, arrays, pack, template)
+    fields = schema.of(factory).fields
+    out = {}
     for name, t in template.items():
         old = None if state is None else getattr(state, name)
-        kind = schema[name].kind
-        if t is None or (old is not None and kind == "counter"):
-            fields[name] = old
-            continue
-        new = getattr(fresh, name)
-        if kind == "per_parameter":
-            new = jnp.broadcast_to(new, t.shape).astype(t.dtype)
-        if old is None:
-            fields[name] = commit_like(pack.buffer, new)
+        kind = fields[name].kind
+        if t is None or (old is not None and kind == "whole"):
+            out[name] = old
+        elif old is None:
+            out[name] = fresh[name]
         elif first.any():
-            fields[name] = masked(first, pack.layout, kind, new, old)
+            out[name] = masked(first, pack.layout, kind, fresh[name], old)
         else:
-            fields[name] = old
-    return state_type(factory)(**fields)
+            out[name] = old
+    return schema.state_type_of(factory)(**out)
+
+
+def _update_pack(tx: GradientTransformation, layout: Layout, fields: Mapping[str, Any],
+                 g: jax.Array, state: PackState, value: jax.Array) -> tuple[Any, PackState]:
+    """The transform's update of one pack, as its layout asks (see the module)."""
+    present = {name: getattr(state, name) is not None for name in state._fields}
+    if layout.kind == "stacked":
+        axes = type(state)(*(0 if present[n] and fields[n].kind != "whole" else None
+                             for n in state._fields))
+        update, new = jax.vmap(tx.update, in_axes=(0, axes, 0),
+                               out_axes=(0, type(state)(*(0,) * len(state))))(g, state, value)
+        # A whole-state count comes out once per Parameter, all alike.
+        return update, new._replace(**{n: getattr(new, n)[0] for n in new._fields
+                                       if present[n] and fields[n].kind == "whole"})
+    # Per-parameter numbers reach the math per element (Adam's bias correction differs
+    # between the parameters of one buffer) and come back per parameter.
+    scalars = [n for n in state._fields if present[n] and fields[n].kind == "scalar"]
+    state = state._replace(**{n: layout.per_element(getattr(state, n)) for n in scalars})
+    update, new = tx.update(g, state, value)
+    return update, new._replace(**{n: layout.per_array(getattr(new, n)) for n in scalars})
 
 
 def _step(
     factory: Factory,
-    keys: tuple[tuple[StaticKey, tuple[tuple[PackLayout, bool], ...]], ...],
+    keys: tuple[tuple[StaticKey, tuple[tuple[Layout, bool], ...]], ...],
     skip_flag: str | None,
     hypers: list[dict[str, Any]],
     buffers: list[list[jax.Array]],
@@ -185,12 +234,10 @@ def _step(
 ) -> tuple[list[list[jax.Array]], list[list[PackState]]]:
     """One step for every group and pack, traced once per structure.
 
-    Each pack is one buffer for the transform, its ``step`` a vector with one
-    count per parameter (torch's per-parameter state). A pack where only some
-    parameters have gradients is stepped whole and the others are masked back.
-    Every state arrives complete (new buffers are zeros made before the call);
-    a buffer that the configuration does not use (``grad_avg`` after
-    ``centered`` is turned off) is carried through unchanged.
+    A pack where only some parameters have gradients is stepped whole and the
+    others are masked back. Every state arrives complete (new arrays are made
+    before the call); a field that the configuration does not use (``grad_avg``
+    after ``centered`` is turned off) is carried through unchanged.
     """
     skipping = [skip_flag is not None and bool(dict(static).get(skip_flag)) for static, _ in keys]
     if any(skipping):
@@ -203,7 +250,7 @@ def _step(
             [jnp.where(finite, g, jnp.nan) for g in grs] if skip else grs
             for skip, grs in zip(skipping, grads)
         ]
-    schema = schema_of(factory)
+    fields = schema.of(factory).fields
     new_buffers, new_states = [], []
     for (static, pack_keys), hyper, bufs, grs, sts, mks in zip(
         keys, hypers, buffers, grads, states, masks
@@ -215,18 +262,11 @@ def _step(
             # the transform sees only the fields it uses.
             template = pack_template(factory, static, traced_shapes(hyper), layout)
             used = old._replace(**{name: None for name, t in template.items() if t is None})
-            # Per-parameter scalars reach the math per element (Adam's bias correction
-            # differs between the parameters of one buffer) and come back per parameter.
-            scalars = [name for name, field in schema.items() if field.kind == "per_parameter"
-                       and getattr(used, name) is not None]
-            used = used._replace(**{name: per_element(getattr(used, name), layout)
-                                    for name in scalars})
-            update, new = tx.update(g, used, value)
-            new = new._replace(**{name: per_array(getattr(new, name), layout) for name in scalars})
-            new_value = masked(mask, layout, "buffer", apply_updates(value, update), value)
+            update, new = _update_pack(tx, layout, fields, g, used, value)
+            new_value = masked(mask, layout, "array", apply_updates(value, update), value)
             new = type(new)(*(
-                # re-attach unchanged the buffers this configuration leaves alone
-                o if n is None else masked(mask, layout, schema[name].kind, n, o)
+                # re-attach unchanged the fields this configuration leaves alone
+                o if n is None else masked(mask, layout, fields[name].kind, n, o)
                 for name, n, o in zip(new._fields, new, old)
             ))
             group_buffers.append(new_value)
@@ -250,7 +290,7 @@ class StepArgs(NamedTuple):
     folded gradient, complete state and mask (``None``: every slot has a gradient)."""
 
     factory: Factory
-    keys: tuple[tuple[StaticKey, tuple[tuple[PackLayout, bool], ...]], ...]
+    keys: tuple[tuple[StaticKey, tuple[tuple[Layout, bool], ...]], ...]
     skip_flag: str | None
     hypers: list[dict[str, Any]]
     buffers: list[list[jax.Array]]

@@ -2,7 +2,8 @@
 
 The per-element update is :func:`adadelta_kernel`; :func:`adadelta` wraps it in
 the ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform`, which also
+applies ``maximize`` and the weight decay.
 """
 
 from __future__ import annotations
@@ -18,24 +19,23 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
 from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
     check_hyperparameter,
-    is_static_zero,
 )
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    real_dtype,
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
 )
 
 
-@schema.declare(step=schema.count(), square_avg=schema.buffer(), acc_delta=schema.buffer(),
-                skipped=schema.counter())
+@schema.declare(
+    step=schema.step_count(),
+    square_avg=schema.buffer(never_negative="an average of squares"),
+    acc_delta=schema.buffer(never_negative="an average of squares"),
+    skipped=schema.skipped_count(),
+)
 class AdadeltaState(NamedTuple):
     """The state of :func:`adadelta`; field names are torch's state-dict keys.
 
@@ -56,42 +56,32 @@ class AdadeltaState(NamedTuple):
 
 
 def adadelta_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     square_avg: jax.Array,
     acc_delta: jax.Array,
     *,
     lr: Any,
     rho: Any,
     eps: Any,
-    weight_decay: Any | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Adadelta step for one real array: returns ``(delta, v, u)``, delta to add to θ.
+    """One Adadelta step for one real array: returns ``(term, v, u)``, the term added to θ.
 
-    ``weight_decay`` of ``None`` switches weight decay off. Hyper-parameters
-    may be numbers, traced scalars or broadcastable arrays. Arithmetic runs in
-    the wider of the gradient's and the buffers' dtype, at least float32; each
-    output keeps its input's dtype, and the step goes on from the buffers as
-    rounded to their dtypes (as torch does). The order of operations is
-    torch's single-tensor CPU path's. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`adadelta` does so).
+    ``g`` is the gradient in the arithmetic's dtype, already decayed;
+    hyper-parameters may be numbers, traced scalars or broadcastable arrays. The
+    step goes on from the buffers as rounded to their dtypes (as torch does), in
+    the order of operations of torch's single-tensor CPU path.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.adadelta import adadelta_kernel
-      >>> delta, v, u = adadelta_kernel(jnp.array([2.0]), None, jnp.zeros(1), jnp.array([4.0]),
-      ...                               lr=0.5, rho=0.0, eps=0.0, weight_decay=None)
-      >>> v.tolist(), u.tolist(), delta.tolist()   # Δx = sqrt(4)/sqrt(4)·2; θ moves by -η·Δx
+      >>> term, v, u = adadelta_kernel(jnp.array([2.0]), jnp.zeros(1), jnp.array([4.0]),
+      ...                              lr=0.5, rho=0.0, eps=0.0)
+      >>> v.tolist(), u.tolist(), term.tolist()   # Δx = sqrt(4)/sqrt(4)·2; θ moves by -η·Δx
       ([4.0], [4.0], [-1.0])
     """
-    compute = compute_dtype(grad, square_avg, acc_delta)
+    compute = compute_dtype(g, square_avg, acc_delta)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("adadelta_kernel: weight_decay needs the parameter")
-        g = g + h(weight_decay) * param.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     # 1 - ρ from ρ's own precision (a Python float: exact, then rounded once).
     rho_c, one_minus_rho = h(rho), h(1 - rho)
     # (1-ρ)·g·g + ρ·v: written in this order XLA fuses the add into the product,
@@ -103,10 +93,10 @@ def adadelta_kernel(
     u = acc_delta.astype(compute)
     dx = jnp.sqrt(u + h(eps)) / std * g
     new_u = ((one_minus_rho * dx) * dx + rho_c * u).astype(acc_delta.dtype)
-    delta = -h(lr) * dx
-    return delta.astype(grad.dtype), new_v, new_u
+    return -h(lr) * dx, new_v, new_u
 
 
+@schema.makes(AdadeltaState)
 def adadelta(
     lr: ScalarOrSchedule = 1.0,
     rho: float = 0.9,
@@ -172,17 +162,9 @@ def adadelta(
     check_hyperparameter("lr", lr)
     check_hyperparameter("rho", rho, high=1.0)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether θ is read.
-    use_weight_decay = not is_static_zero(weight_decay)
-    return elementwise_transform(
-        "adadelta", AdadeltaState, componentwise(adadelta_kernel),
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            lr=scheduled(lr, state.step), rho=rho, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None),
+    return kernel_transform(
+        "adadelta", AdadeltaState, adadelta_kernel,
+        kernel_args=lambda state, t: dict(lr=scheduled(lr, state.step), rho=rho, eps=eps),
+        weight_decay=WeightDecay(weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

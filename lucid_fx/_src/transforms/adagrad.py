@@ -2,7 +2,8 @@
 
 The per-element update is :func:`adagrad_kernel`; :func:`adagrad` wraps it in
 the ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform`, which also
+applies ``maximize`` and the weight decay.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
 from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
     check_hyperparameter,
     is_static_zero,
 )
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    real_dtype,
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
 )
 
 
-@schema.declare(step=schema.count(), sum=schema.buffer(), skipped=schema.counter())
+@schema.declare(
+    step=schema.step_count(),
+    sum=schema.buffer(never_negative="a sum of squares"),
+    skipped=schema.skipped_count(),
+)
 class AdagradState(NamedTuple):
     """The state of :func:`adagrad`; field names are torch's state-dict keys.
 
@@ -54,45 +55,35 @@ class AdagradState(NamedTuple):
 
 
 def adagrad_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     state_sum: jax.Array,
     *,
     step: Any,
     lr: Any,
     lr_decay: Any | None,
     eps: Any,
-    weight_decay: Any | None,
 ) -> tuple[jax.Array, jax.Array]:
-    """One Adagrad step for one real array: returns ``(delta, sum)``, delta to add to θ.
+    """One Adagrad step for one real array: returns ``(term, sum)``, the term added to θ.
 
     ``step`` is t, the number of this update (1 at the first), a scalar or an
     int array broadcastable against the array (one count per element); it is
     used only in the lr decay. ``lr_decay`` of ``None`` switches the decay off
-    (η is used as it is), ``weight_decay`` of ``None`` switches weight decay
-    off. Hyper-parameters may be numbers, traced scalars or broadcastable
-    arrays. Arithmetic runs in the wider of the gradient's and the sum's dtype,
-    at least float32; each output keeps its input's dtype, and the step goes on
-    from the sum as rounded to its dtype (as torch does). The order of
-    operations is torch's single-tensor CPU path's. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`adagrad` does so).
+    (η is used as it is). ``g`` is the gradient in the arithmetic's dtype, already
+    decayed; hyper-parameters may be numbers, traced scalars or broadcastable
+    arrays. The step goes on from the sum as rounded to its dtype (as torch does),
+    in the order of operations of torch's single-tensor CPU path.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.adagrad import adagrad_kernel
-      >>> delta, s = adagrad_kernel(jnp.array([3.0]), None, jnp.array([16.0]), step=2,
-      ...                           lr=0.5, lr_decay=1.0, eps=0.0, weight_decay=None)
-      >>> s.tolist(), round(delta[0].item(), 6)   # s = 16 + 9; η̃ = 0.5 / (1 + 1·1); -η̃·3/5
+      >>> term, s = adagrad_kernel(jnp.array([3.0]), jnp.array([16.0]), step=2,
+      ...                          lr=0.5, lr_decay=1.0, eps=0.0)
+      >>> s.tolist(), round(term[0].item(), 6)   # s = 16 + 9; η̃ = 0.5 / (1 + 1·1); -η̃·3/5
       ([25.0], -0.15)
     """
-    compute = compute_dtype(grad, state_sum)
+    compute = compute_dtype(g, state_sum)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("adagrad_kernel: weight_decay needs the parameter")
-        g = g + h(weight_decay) * param.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     new_sum = (g * g + state_sum.astype(compute)).astype(state_sum.dtype)
     std = jnp.sqrt(new_sum.astype(compute)) + h(eps)
     clr = h(lr)
@@ -100,9 +91,10 @@ def adagrad_kernel(
         t = jnp.asarray(step).astype(real)
         clr = clr / (1 + (t - 1) * h(lr_decay))
     delta = (-clr * g) / std
-    return delta.astype(grad.dtype), new_sum
+    return delta, new_sum
 
 
+@schema.makes(AdagradState)
 def adagrad(
     lr: ScalarOrSchedule = 1e-2,
     lr_decay: float = 0,
@@ -173,22 +165,15 @@ def adagrad(
     """
     check_hyperparameter("lr", lr)
     check_hyperparameter("lr_decay", lr_decay)
-    check_hyperparameter("weight_decay", weight_decay)
     check_hyperparameter("initial_accumulator_value", initial_accumulator_value)
     check_hyperparameter("eps", eps)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether θ is read and whether η̃ is divided.
-    use_weight_decay = not is_static_zero(weight_decay)
+    # Whether η̃ is divided is decided here, once: a static 0 compiles it out.
     use_lr_decay = not is_static_zero(lr_decay)
-    return elementwise_transform(
-        "adagrad", AdagradState, componentwise(adagrad_kernel),
-        initial={"sum": initial_accumulator_value},
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            step=step, lr=scheduled(lr, state.step),
-            lr_decay=lr_decay if use_lr_decay else None, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None),
+    return kernel_transform(
+        "adagrad", AdagradState, adagrad_kernel,
+        kernel_args=lambda state, t: dict(
+            step=t, lr=scheduled(lr, state.step), lr_decay=lr_decay if use_lr_decay else None,
+            eps=eps),
+        initial={"sum": initial_accumulator_value}, weight_decay=WeightDecay(weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

@@ -1,8 +1,10 @@
 """Adam and AdamW as pure gradient transforms: torch's math, one kernel for both.
 
 The per-element update is :func:`adam_kernel`; :func:`adam` wraps it in the
-``init``/``update`` protocol with :func:`~lucid_fx._src.transforms.kernel_transform.elementwise_transform`,
-and :func:`adamw` is :func:`adam` with ``decoupled_weight_decay=True``.
+``init``/``update`` protocol with
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize`` and the weight decay), and :func:`adamw` is :func:`adam` with
+``decoupled_weight_decay=True``.
 """
 
 from __future__ import annotations
@@ -18,32 +20,18 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_betas,
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    lerp,
-    one_minus_power,
-    real_dtype,
-    scheduled,
-    wide_product,
-)
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_betas, check_flag, check_hyperparameter
+from lucid_fx._src.transforms.kernel_transform import WeightDecay, kernel_transform, scheduled
+from lucid_fx._src.transforms.numerics import lerp, one_minus_power
 
 
 @schema.declare(
-    step=schema.count(),
+    step=schema.step_count(),
     exp_avg=schema.buffer(),
     exp_avg_sq=schema.buffer(),
-    max_exp_avg_sq=schema.buffer(optional=True),
-    skipped=schema.counter(),
+    max_exp_avg_sq=schema.buffer(switch="amsgrad"),
+    skipped=schema.skipped_count(),
 )
 class AdamState(NamedTuple):
     """The state of :func:`adam` and :func:`adamw`; field names are torch's state-dict keys.
@@ -68,8 +56,7 @@ class AdamState(NamedTuple):
 
 
 def adam_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     exp_avg: jax.Array,
     exp_avg_sq: jax.Array,
     max_exp_avg_sq: jax.Array | None,
@@ -79,46 +66,30 @@ def adam_kernel(
     beta1: Any,
     beta2: Any,
     eps: Any,
-    weight_decay: Any | None,
-    decoupled_weight_decay: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
-    """One Adam step for one real array: returns ``(delta, m, v, v_max)``, delta to add to θ.
+    """One Adam step for one real array: returns ``(term, m, v, v_max)``, the term added to θ.
 
+    ``g`` is the gradient in the arithmetic's dtype, already decayed (coupled).
     ``step`` is t, the number of this update (1 at the first), a scalar or an
     int array broadcastable against the array (one count per element, for
     parameters that joined later or skipped steps); it is used only in the bias
-    corrections. ``weight_decay`` of ``None`` switches weight decay off,
-    ``max_exp_avg_sq`` of ``None`` switches amsgrad off. Hyper-parameters may
-    be numbers, traced scalars or broadcastable arrays. Arithmetic runs in the
-    wider of the gradient's and the buffers' dtype, at least float32; each
-    output keeps its input's dtype, and the step goes on from the buffers as
-    rounded to their dtypes (as torch does). The order of operations is
-    torch's single-tensor CPU path's. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`adam` does so).
+    corrections. ``max_exp_avg_sq`` of ``None`` switches amsgrad off.
+    Hyper-parameters may be numbers, traced scalars or broadcastable arrays. The
+    step goes on from the buffers as rounded to their dtypes (as torch does), in
+    the order of operations of torch's single-tensor CPU path.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.adam import adam_kernel
-      >>> delta, m, v, _ = adam_kernel(
-      ...     jnp.array([2.0]), None, jnp.zeros(1), jnp.zeros(1), None, step=1, lr=0.1,
-      ...     beta1=0.9, beta2=0.999, eps=0.0, weight_decay=None, decoupled_weight_decay=False)
-      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), delta[0].item())]  # delta = -η·sign(g)
+      >>> term, m, v, _ = adam_kernel(
+      ...     jnp.array([2.0]), jnp.zeros(1), jnp.zeros(1), None, step=1, lr=0.1,
+      ...     beta1=0.9, beta2=0.999, eps=0.0)
+      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), term[0].item())]  # -η·sign(g)
       [0.2, 0.004, -0.1]
     """
-    compute = compute_dtype(grad, exp_avg, exp_avg_sq)
+    compute = compute_dtype(g, exp_avg, exp_avg_sq)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    theta = decayed = None
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("adam_kernel: weight_decay needs the parameter")
-        theta = param.astype(compute)
-        if decoupled_weight_decay:
-            # θ·(1 - ηλ), 1 - ηλ rounded once, from η·λ at least as wide as the math
-            decayed = theta * h(1 - wide_product(lr, weight_decay, real))
-        else:
-            g = g + h(weight_decay) * theta
+    h = lambda x: cast_scalar(x, real)
     # 1 - β from β's own precision: from a rounded β it loses digits (β₂ = 0.999 in float32).
     one_minus_b1, one_minus_b2 = h(1 - beta1), h(1 - beta2)
     new_m = lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
@@ -137,14 +108,10 @@ def adam_kernel(
     bias_correction2_sqrt = jnp.sqrt(one_minus_power(one_minus_b2, t))
     step_size = h(lr) / bias_correction1
     denom = jnp.sqrt(v) / bias_correction2_sqrt + h(eps)
-    delta = (-step_size * new_m.astype(compute)) / denom
-    if decayed is not None and theta is not None:
-        # θ_t = θ·(1 - ηλ) + delta: returned as θ_t - θ, which θ + (θ_t - θ) gives back
-        # exactly whenever θ_t is within a factor 2 of θ (Sterbenz).
-        delta = (decayed + delta) - theta
-    return delta.astype(grad.dtype), new_m, new_v, new_max
+    return (-step_size * new_m.astype(compute)) / denom, new_m, new_v, new_max
 
 
+@schema.makes(AdamState)
 def adam(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Any, Any] = (0.9, 0.999),
@@ -240,26 +207,18 @@ def _adam(
     check_hyperparameter("lr", lr)
     beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
     check_flag("amsgrad", amsgrad)
-    check_flag("maximize", maximize)
-    check_flag("decoupled_weight_decay", decoupled_weight_decay)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether v̂ exists and whether θ is read.
-    use_weight_decay = not is_static_zero(weight_decay)
-    return elementwise_transform(
-        name, AdamState, componentwise(adam_kernel),
-        switched={"max_exp_avg_sq": ("amsgrad", amsgrad)},
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            step=step, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay),
+    return kernel_transform(
+        name, AdamState, adam_kernel,
+        kernel_args=lambda state, t: dict(
+            step=t, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps),
+        switches={"amsgrad": amsgrad},
+        weight_decay=WeightDecay(weight_decay, decoupled_weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )
 
 
+@schema.makes(AdamState)
 def adamw(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Any, Any] = (0.9, 0.999),

@@ -2,7 +2,8 @@
 
 The per-element update is :func:`adamax_kernel`; :func:`adamax` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform`, which also
+applies ``maximize`` and the weight decay.
 """
 
 from __future__ import annotations
@@ -18,27 +19,25 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
 from lucid_fx._src.core.validation import (
     check_betas,
-    check_flag,
-    check_float_dtype,
     check_hyperparameter,
-    is_static_zero,
 )
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    lerp,
-    one_minus_power,
-    real_dtype,
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
 )
+from lucid_fx._src.transforms.numerics import lerp, one_minus_power
 
 
-@schema.declare(step=schema.count(), exp_avg=schema.buffer(), exp_inf=schema.buffer(),
-                skipped=schema.counter())
+@schema.declare(
+    step=schema.step_count(),
+    exp_avg=schema.buffer(),
+    exp_inf=schema.buffer(never_negative="a maximum of |g| + eps"),
+    skipped=schema.skipped_count(),
+)
 class AdamaxState(NamedTuple):
     """The state of :func:`adamax`; field names are torch's state-dict keys.
 
@@ -60,8 +59,7 @@ class AdamaxState(NamedTuple):
 
 
 def adamax_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     exp_avg: jax.Array,
     exp_inf: jax.Array,
     *,
@@ -70,38 +68,29 @@ def adamax_kernel(
     beta1: Any,
     beta2: Any,
     eps: Any,
-    weight_decay: Any | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Adamax step for one real array: returns ``(delta, m, u)``, delta to add to θ.
+    """One Adamax step for one real array: returns ``(term, m, u)``, the term added to θ.
 
     ``step`` is t, the number of this update (1 at the first), a scalar or an
     int array broadcastable against the array (one count per element, for
     parameters that joined later or skipped steps); it is used only in the bias
-    correction. ``weight_decay`` of ``None`` switches weight decay off.
-    Hyper-parameters may be numbers, traced scalars or broadcastable arrays.
-    Arithmetic runs in the wider of the gradient's and the buffers' dtype, at
-    least float32; each output keeps its input's dtype, and the step goes on
-    from the buffers as rounded to their dtypes (as torch does). The order of
-    operations is torch's single-tensor CPU path's. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`adamax` does so).
+    correction. ``g`` is the gradient in the arithmetic's dtype, already decayed;
+    hyper-parameters may be numbers, traced scalars or broadcastable arrays. The
+    step goes on from the buffers as rounded to their dtypes (as torch does), in
+    the order of operations of torch's single-tensor CPU path.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.adamax import adamax_kernel
-      >>> delta, m, u = adamax_kernel(
-      ...     jnp.array([-2.0]), None, jnp.zeros(1), jnp.zeros(1), step=1, lr=0.1,
-      ...     beta1=0.9, beta2=0.999, eps=0.0, weight_decay=None)
-      >>> [round(x, 6) for x in (m[0].item(), u[0].item(), delta[0].item())]  # η·sign(g)
+      >>> term, m, u = adamax_kernel(
+      ...     jnp.array([-2.0]), jnp.zeros(1), jnp.zeros(1), step=1, lr=0.1,
+      ...     beta1=0.9, beta2=0.999, eps=0.0)
+      >>> [round(x, 6) for x in (m[0].item(), u[0].item(), term[0].item())]  # η·sign(g)
       [-0.2, 2.0, 0.1]
     """
-    compute = compute_dtype(grad, exp_avg, exp_inf)
+    compute = compute_dtype(g, exp_avg, exp_inf)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("adamax_kernel: weight_decay needs the parameter")
-        g = g + h(weight_decay) * param.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     # 1 - β₁ from β₁'s own precision: from a rounded β₁ it loses digits.
     one_minus_b1 = h(1 - beta1)
     new_m = lerp(exp_avg.astype(compute), g, one_minus_b1).astype(exp_avg.dtype)
@@ -110,10 +99,10 @@ def adamax_kernel(
     )
     t = jnp.asarray(step).astype(real)
     step_size = h(lr) / one_minus_power(one_minus_b1, t)
-    delta = (-step_size * new_m.astype(compute)) / new_u.astype(compute)
-    return delta.astype(grad.dtype), new_m, new_u
+    return (-step_size * new_m.astype(compute)) / new_u.astype(compute), new_m, new_u
 
 
+@schema.makes(AdamaxState)
 def adamax(
     lr: ScalarOrSchedule = 2e-3,
     betas: tuple[Any, Any] = (0.9, 0.999),
@@ -179,17 +168,10 @@ def adamax(
     check_hyperparameter("lr", lr)
     beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether θ is read.
-    use_weight_decay = not is_static_zero(weight_decay)
-    return elementwise_transform(
-        "adamax", AdamaxState, componentwise(adamax_kernel),
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            step=step, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None),
+    return kernel_transform(
+        "adamax", AdamaxState, adamax_kernel,
+        kernel_args=lambda state, t: dict(
+            step=t, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps),
+        weight_decay=WeightDecay(weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

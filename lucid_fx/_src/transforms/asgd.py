@@ -2,7 +2,8 @@
 
 The per-element update is :func:`asgd_kernel`; :func:`asgd` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`. The
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize`` and the weight decay). The
 step size ``eta`` and the averaging weight ``mu`` are one number per parameter
 (torch's state keys), advanced once per update outside the kernel.
 """
@@ -20,29 +21,18 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    real_dtype,
-    scheduled,
-    wide_product,
-)
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_hyperparameter
+from lucid_fx._src.transforms.kernel_transform import WeightDecay, kernel_transform, scheduled
+from lucid_fx._src.transforms.numerics import wide_product
 
 
 @schema.declare(
-    step=schema.count(),
+    step=schema.step_count(),
     eta=schema.scalar(),
     mu=schema.scalar(),
     ax=schema.buffer(),
-    skipped=schema.counter(),
+    skipped=schema.skipped_count(),
 )
 class ASGDState(NamedTuple):
     """The state of :func:`asgd`; field names are torch's state-dict keys.
@@ -69,41 +59,35 @@ class ASGDState(NamedTuple):
 
 
 def asgd_kernel(
-    grad: jax.Array,
+    g: jax.Array,
     param: jax.Array,
     ax: jax.Array,
     *,
     eta: Any,
     mu: Any,
     lambd: Any,
-    weight_decay: Any | None,
 ) -> tuple[jax.Array, jax.Array]:
-    """One ASGD step for one real array: returns ``(delta, ax)``, delta to add to θ.
+    """One ASGD step for one real array: returns ``(term, ax)``, the term added to θ.
 
     ``eta`` and ``mu`` are this update's η and μ (the state's), each a scalar
     or an array broadcastable against the array (one value per element, for
-    parameters that joined later or skipped steps). ``weight_decay`` of
-    ``None`` switches weight decay off. Arithmetic runs in the wider of the
-    gradient's, parameter's and average's dtype, at least float32; each output
-    keeps its input's dtype, and the average follows θ as stored (rounded to
-    its dtype), as torch's does. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`asgd` does so).
+    parameters that joined later or skipped steps). ``g`` is the gradient in the
+    arithmetic's dtype (the widest of the gradient's, parameter's and average's,
+    at least float32), already decayed; the average follows θ as stored (rounded
+    to its dtype), as torch's does.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.asgd import asgd_kernel
-      >>> delta, ax = asgd_kernel(jnp.array([2.0]), jnp.array([1.0]), jnp.zeros(1),
-      ...                         eta=0.1, mu=1.0, lambd=0.5, weight_decay=None)
-      >>> round(delta[0].item(), 6), round(ax[0].item(), 6)  # θ = 1·(1 - 0.05) - 0.1·2; ax = θ
+      >>> term, ax = asgd_kernel(jnp.array([2.0]), jnp.array([1.0]), jnp.zeros(1),
+      ...                        eta=0.1, mu=1.0, lambd=0.5)
+      >>> round(term[0].item(), 6), round(ax[0].item(), 6)  # θ = 1·(1 - 0.05) - 0.1·2; ax = θ
       (-0.25, 0.75)
     """
-    compute = compute_dtype(grad, param, ax)
+    compute = compute_dtype(g, param, ax)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     theta = param.astype(compute)
-    if weight_decay is not None:
-        g = g + h(weight_decay) * theta
     eta = jnp.asarray(eta).astype(real)
     mu = jnp.asarray(mu).astype(real)
     new_theta = theta * (1 - h(lambd) * eta) - eta * g
@@ -111,9 +95,10 @@ def asgd_kernel(
     old_ax = ax.astype(compute)
     # torch copies θ while μ = 1 (before t0): exact, where ax + (θ - ax)·1 may round.
     new_ax = jnp.where(mu == 1, stored, old_ax + (stored - old_ax) * mu).astype(ax.dtype)
-    return (new_theta - theta).astype(grad.dtype), new_ax
+    return new_theta - theta, new_ax
 
 
+@schema.makes(ASGDState)
 def asgd(
     lr: ScalarOrSchedule = 1e-2,
     lambd: float = 1e-4,
@@ -187,18 +172,13 @@ def asgd(
     check_hyperparameter("lambd", lambd)
     check_hyperparameter("alpha", alpha)
     check_hyperparameter("t0", t0)
-    check_hyperparameter("weight_decay", weight_decay)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    use_weight_decay = not is_static_zero(weight_decay)
 
     def advance(state: ASGDState, step: jax.Array) -> dict[str, jax.Array]:
         # step, eta and mu may be 0-d (this tree) or one value per element (a packed
         # buffer of the stateful face): everything below broadcasts.
         stored = state.eta.dtype
         real = jnp.result_type(stored, jnp.float32)
-        h = lambda x: hyper(x, real)
+        h = lambda x: cast_scalar(x, real)
         lr_now = scheduled(lr, state.step)
         t = step.astype(real)
         # lr / (1 + λ·lr·t)^α, with λ·lr formed before the cast.
@@ -206,13 +186,11 @@ def asgd(
         mu = 1 / jnp.maximum(1, t - h(t0))
         return {"eta": eta.astype(stored), "mu": mu.astype(stored)}
 
-    return elementwise_transform(
-        "asgd", ASGDState, componentwise(asgd_kernel),
+    return kernel_transform(
+        "asgd", ASGDState, asgd_kernel,
+        kernel_args=lambda state, t: dict(eta=state.eta, mu=state.mu, lambd=lambd),
         initial={"eta": lr, "mu": 1},  # η_0 = lr (a schedule's value at count 0), μ_0 = 1
-        needs_params="it decays and averages the parameters",
-        hyper=lambda state, step: dict(
-            eta=state.eta, mu=state.mu, lambd=lambd,
-            weight_decay=weight_decay if use_weight_decay else None),
-        advance=advance,
+        advance=advance, reads_param="it decays and averages the parameters",
+        weight_decay=WeightDecay(weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

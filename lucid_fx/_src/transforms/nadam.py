@@ -2,7 +2,8 @@
 
 The per-element update is :func:`nadam_kernel`; :func:`nadam` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`. The
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize`` and the weight decay). The
 per-parameter scalars (the momentum schedule's running product ``mu_product``,
 torch's state key, and the two step coefficients) are formed once per update by
 :func:`nadam_factors`, outside the kernel: once per tree in the functional face,
@@ -23,34 +24,24 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_betas,
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    lerp,
-    one_minus_power,
-    real_dtype,
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_betas, check_hyperparameter
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
-    wide_product,
 )
+from lucid_fx._src.transforms.numerics import lerp, one_minus_power
 
 _LOG_096 = math.log(0.96)  # μ_t's base, 0.96^(tψ) = exp(tψ·ln 0.96)
 
 
 @schema.declare(
-    step=schema.count(),
+    step=schema.step_count(),
     mu_product=schema.scalar(),
     exp_avg=schema.buffer(),
     exp_avg_sq=schema.buffer(),
-    skipped=schema.counter(),
+    skipped=schema.skipped_count(),
 )
 class NAdamState(NamedTuple):
     """The state of :func:`nadam`; field names are torch's state-dict keys.
@@ -88,13 +79,12 @@ def momentum_cache(t: Any, beta1: Any, momentum_decay: Any, dtype: Any) -> jax.A
       0.450073
     """
     t = jnp.asarray(t).astype(dtype)
-    decay = hyper(momentum_decay * _LOG_096, dtype)  # ψ·ln 0.96 formed before the cast
-    return hyper(beta1, dtype) * (0.5 - 0.5 * jnp.expm1(t * decay))
+    decay = cast_scalar(momentum_decay * _LOG_096, dtype)  # ψ·ln 0.96 formed before the cast
+    return cast_scalar(beta1, dtype) * (0.5 - 0.5 * jnp.expm1(t * decay))
 
 
 def nadam_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     exp_avg: jax.Array,
     exp_avg_sq: jax.Array,
     *,
@@ -105,46 +95,31 @@ def nadam_kernel(
     beta1: Any,
     beta2: Any,
     eps: Any,
-    weight_decay: Any | None,
-    decoupled_weight_decay: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One NAdam step for one real array: returns ``(delta, m, v)``, delta to add to θ.
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array, jax.Array]:
+    """One NAdam step for one real array: returns ``((gradient term, average term), m, v)``,
+    the two terms torch adds to θ one after the other.
 
     The per-parameter scalars of update t come formed (:func:`nadam_factors`):
     ``grad_coef`` = -η·(1-μ_t)/(1-Π_t), ``avg_coef`` = -η·μ_{t+1}/(1-Π_t·μ_{t+1})
     and ``bias_correction2`` = 1-β₂^t, each a scalar or an array broadcastable
     against the array (one value per element, for parameters that joined later
-    or skipped steps). ``weight_decay`` of ``None`` switches weight decay off.
-    Hyper-parameters may be numbers, traced scalars or broadcastable arrays.
-    Arithmetic runs in the wider of the gradient's and the buffers' dtype, at
-    least float32; each output keeps its input's dtype, and the step goes on
-    from the buffers as rounded to their dtypes (as torch does). Complex arrays
-    go through :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`nadam` does so).
+    or skipped steps). ``g`` is the gradient in the arithmetic's dtype, already
+    decayed (coupled); hyper-parameters may be numbers, traced scalars or
+    broadcastable arrays. The step goes on from the buffers as rounded to their
+    dtypes (as torch does).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.nadam import nadam_kernel
-      >>> delta, m, v = nadam_kernel(     # β₁ = 0: μ = 0, Π = 0, so θ - η·g/(|g| + ε)
-      ...     jnp.array([2.0]), None, jnp.zeros(1), jnp.zeros(1), grad_coef=-0.1,
-      ...     avg_coef=0.0, bias_correction2=0.5, lr=0.1, beta1=0.0, beta2=0.5, eps=0.0,
-      ...     weight_decay=None, decoupled_weight_decay=False)
-      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), delta[0].item())]
+      >>> (grad_term, avg_term), m, v = nadam_kernel(  # β₁ = 0: μ = 0, Π = 0: θ - η·g/(|g| + ε)
+      ...     jnp.array([2.0]), jnp.zeros(1), jnp.zeros(1), grad_coef=-0.1,
+      ...     avg_coef=0.0, bias_correction2=0.5, lr=0.1, beta1=0.0, beta2=0.5, eps=0.0)
+      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), (grad_term + avg_term)[0].item())]
       [2.0, 2.0, -0.1]
     """
-    compute = compute_dtype(grad, exp_avg, exp_avg_sq)
+    compute = compute_dtype(g, exp_avg, exp_avg_sq)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    theta = decayed = None
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("nadam_kernel: weight_decay needs the parameter")
-        theta = param.astype(compute)
-        if decoupled_weight_decay:
-            # θ·(1 - ηλ), 1 - ηλ rounded once
-            decayed = theta * h(1 - wide_product(lr, weight_decay, real))
-        else:
-            g = g + h(weight_decay) * theta
+    h = lambda x: cast_scalar(x, real)
     new_m = lerp(exp_avg.astype(compute), g, h(1 - beta1)).astype(exp_avg.dtype)
     new_v = ((h(1 - beta2) * g) * g + h(beta2) * exp_avg_sq.astype(compute)).astype(
         exp_avg_sq.dtype
@@ -153,12 +128,7 @@ def nadam_kernel(
     # torch's two addcdiv calls, each (value·x)/denom.
     grad_part = (h(grad_coef) * g) / denom
     avg_part = (h(avg_coef) * new_m.astype(compute)) / denom
-    if decayed is not None and theta is not None:
-        # θ_t - θ for θ_t = θ·(1 - ηλ) + both parts, in torch's order.
-        delta = ((decayed + grad_part) + avg_part) - theta
-    else:
-        delta = grad_part + avg_part
-    return delta.astype(grad.dtype), new_m, new_v
+    return (grad_part, avg_part), new_m, new_v
 
 
 def nadam_factors(
@@ -185,11 +155,11 @@ def nadam_factors(
     mu_next = momentum_cache(t + 1, beta1, momentum_decay, dtype)
     new_product = (stored.astype(dtype) * mu).astype(stored.dtype)
     product = new_product.astype(dtype)
-    eta = hyper(lr, dtype)
+    eta = cast_scalar(lr, dtype)
     return new_product, {
         "grad_coef": -eta * (1 - mu) / (1 - product),
         "avg_coef": -eta * mu_next / (1 - product * mu_next),
-        "bias_correction2": one_minus_power(hyper(1 - beta2, dtype), t),
+        "bias_correction2": one_minus_power(cast_scalar(1 - beta2, dtype), t),
     }
 
 
@@ -199,6 +169,7 @@ def _factor_dtype(state: NAdamState) -> Any:
     return real_dtype(jnp.result_type(jnp.float32, state.mu_product, *jax.tree.leaves(state.exp_avg)))
 
 
+@schema.makes(NAdamState)
 def nadam(
     lr: ScalarOrSchedule = 2e-3,
     betas: tuple[Any, Any] = (0.9, 0.999),
@@ -271,14 +242,7 @@ def nadam(
     check_hyperparameter("lr", lr)
     beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
     check_hyperparameter("momentum_decay", momentum_decay)
-    check_flag("decoupled_weight_decay", decoupled_weight_decay)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether θ is read.
-    use_weight_decay = not is_static_zero(weight_decay)
 
     def factors(state: NAdamState, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         # step and mu_product may be 0-d (this tree) or one value per element (a
@@ -287,15 +251,14 @@ def nadam(
             step, state.mu_product, lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2,
             momentum_decay=momentum_decay, dtype=_factor_dtype(state))
 
-    return elementwise_transform(
-        "nadam", NAdamState, componentwise(nadam_kernel),
+    return kernel_transform(
+        "nadam", NAdamState, nadam_kernel,
+        kernel_args=lambda state, t: dict(
+            **factors(state, t)[1], lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2,
+            eps=eps),
         initial={"mu_product": 1},  # Π_0
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            **factors(state, step)[1], lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2,
-            eps=eps, weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay),
         # Π_t; the same pure function of the state as the kernel's, computed once under jit
-        advance=lambda state, step: {"mu_product": factors(state, step)[0]},
+        advance=lambda state, t: {"mu_product": factors(state, t)[0]},
+        weight_decay=WeightDecay(weight_decay, decoupled_weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

@@ -2,7 +2,8 @@
 
 The per-element update is :func:`radam_kernel`; :func:`radam` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize`` and the weight decay).
 The bias corrections and the rectification depend on the step count only: they
 are formed once per update by :func:`radam_factors`, from a 0-d count (one
 tree) or from one count per element (a packed buffer whose parameters have
@@ -22,31 +23,17 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_betas,
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    lerp,
-    one_minus_power,
-    real_dtype,
-    scheduled,
-    wide_product,
-)
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_betas, check_hyperparameter
+from lucid_fx._src.transforms.kernel_transform import WeightDecay, kernel_transform, scheduled
+from lucid_fx._src.transforms.numerics import lerp, one_minus_power
 
 
 @schema.declare(
-    step=schema.count(),
+    step=schema.step_count(),
     exp_avg=schema.buffer(),
     exp_avg_sq=schema.buffer(),
-    skipped=schema.counter(),
+    skipped=schema.skipped_count(),
 )
 class RAdamState(NamedTuple):
     """The state of :func:`radam`; field names are torch's state-dict keys.
@@ -103,8 +90,7 @@ def sma_length(t: Any, one_minus_beta2: Any) -> jax.Array:
 
 
 def radam_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     exp_avg: jax.Array,
     exp_avg_sq: jax.Array,
     *,
@@ -116,47 +102,31 @@ def radam_kernel(
     beta1: Any,
     beta2: Any,
     eps: Any,
-    weight_decay: Any | None,
-    decoupled_weight_decay: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One RAdam step for one real array: returns ``(delta, m, v)``, delta to add to θ.
+    """One RAdam step for one real array: returns ``(term, m, v)``, the term added to θ.
 
     The per-parameter scalars of update t come formed (:func:`radam_factors`):
     1-β₁^t, 1-β₂^t, whether ρ_t > 5 (``rectified``) and r_t (``rect``, read only
     where rectified), each a scalar or an array broadcastable against the array
     (one value per element, for parameters that joined later or skipped
-    steps): the switch is a ``jnp.where``, per element. ``weight_decay`` of
-    ``None`` switches weight decay off. Hyper-parameters may be numbers, traced
-    scalars or broadcastable arrays. Arithmetic runs in the wider of the
-    gradient's and the buffers' dtype, at least float32; each output keeps its
-    input's dtype. The order of operations is torch's single-tensor CPU path's.
-    Complex arrays go through :func:`lucid_fx._src.transforms.numerics.componentwise`
-    (:func:`radam` does so).
+    steps): the switch is a ``jnp.where``, per element. ``g`` is the gradient in
+    the arithmetic's dtype, already decayed (coupled); hyper-parameters may be
+    numbers, traced scalars or broadcastable arrays. The order of operations is
+    torch's single-tensor CPU path's.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.radam import radam_kernel
-      >>> delta, m, v = radam_kernel(    # t = 1: ρ₁ = 1 <= 5, so θ - η·m/(1-β₁) = θ - η·g
-      ...     jnp.array([2.0]), None, jnp.zeros(1), jnp.zeros(1), bias_correction1=0.1,
+      >>> term, m, v = radam_kernel(    # t = 1: ρ₁ = 1 <= 5, so θ - η·m/(1-β₁) = θ - η·g
+      ...     jnp.array([2.0]), jnp.zeros(1), jnp.zeros(1), bias_correction1=0.1,
       ...     bias_correction2=0.001, rectified=False, rect=0.0, lr=0.1, beta1=0.9,
-      ...     beta2=0.999, eps=0.0, weight_decay=None, decoupled_weight_decay=False)
-      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), delta[0].item())]
+      ...     beta2=0.999, eps=0.0)
+      >>> [round(x, 6) for x in (m[0].item(), v[0].item(), term[0].item())]
       [0.2, 0.004, -0.2]
     """
-    compute = compute_dtype(grad, exp_avg, exp_avg_sq)
+    compute = compute_dtype(g, exp_avg, exp_avg_sq)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    theta = decayed = None
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("radam_kernel: weight_decay needs the parameter")
-        theta = param.astype(compute)
-        if decoupled_weight_decay:
-            # θ·(1 - ηλ), 1 - ηλ rounded once
-            decayed = theta * h(1 - wide_product(lr, weight_decay, real))
-        else:
-            g = g + h(weight_decay) * theta
+    h = lambda x: cast_scalar(x, real)
     new_m = lerp(exp_avg.astype(compute), g, h(1 - beta1)).astype(exp_avg.dtype)
     new_v = ((h(1 - beta2) * g) * g + h(beta2) * exp_avg_sq.astype(compute)).astype(
         exp_avg_sq.dtype
@@ -165,11 +135,7 @@ def radam_kernel(
     adaptive = jnp.sqrt(h(bias_correction2)) / (jnp.sqrt(new_v.astype(compute)) + h(eps))
     step_ = jnp.where(rectified, ((bias_corrected * h(lr)) * adaptive) * h(rect),
                       bias_corrected * h(lr))
-    if decayed is not None and theta is not None:
-        delta = (decayed - step_) - theta  # θ_t - θ for θ_t = θ·(1 - ηλ) - step
-    else:
-        delta = -step_
-    return delta.astype(grad.dtype), new_m, new_v
+    return -step_, new_m, new_v
 
 
 def radam_factors(step: Any, *, beta1: Any, beta2: Any, dtype: Any) -> dict[str, jax.Array]:
@@ -188,17 +154,18 @@ def radam_factors(step: Any, *, beta1: Any, beta2: Any, dtype: Any) -> dict[str,
       ([False, True], 0.025821)
     """
     t = jnp.asarray(step).astype(dtype)
-    one_minus_b2 = hyper(1 - beta2, dtype)
+    one_minus_b2 = cast_scalar(1 - beta2, dtype)
     rho = sma_length(t, one_minus_b2)
     rho_inf = 2 / one_minus_b2 - 1
     return {
-        "bias_correction1": one_minus_power(hyper(1 - beta1, dtype), t),
+        "bias_correction1": one_minus_power(cast_scalar(1 - beta1, dtype), t),
         "bias_correction2": one_minus_power(one_minus_b2, t),
         "rectified": rho > 5,
         "rect": jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)),
     }
 
 
+@schema.makes(RAdamState)
 def radam(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Any, Any] = (0.9, 0.999),
@@ -271,27 +238,16 @@ def radam(
     check_hyperparameter("lr", lr)
     beta1, beta2 = check_betas(betas)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
-    check_flag("decoupled_weight_decay", decoupled_weight_decay)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: whether θ is read.
-    use_weight_decay = not is_static_zero(weight_decay)
 
-    def hyper(state: RAdamState, step: jax.Array) -> dict[str, Any]:
-        # step may be 0-d (this tree) or one count per element (a packed buffer of the
+    def kernel_args(state: RAdamState, t: jax.Array) -> dict[str, Any]:
+        # t may be 0-d (this tree) or one count per element (a packed buffer of the
         # stateful face): the scalars below broadcast.
         dtype = real_dtype(jnp.result_type(jnp.float32, *jax.tree.leaves(state.exp_avg)))
-        return dict(
-            **radam_factors(step, beta1=beta1, beta2=beta2, dtype=dtype),
-            lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-            decoupled_weight_decay=decoupled_weight_decay)
+        return dict(**radam_factors(t, beta1=beta1, beta2=beta2, dtype=dtype),
+                    lr=scheduled(lr, state.step), beta1=beta1, beta2=beta2, eps=eps)
 
-    return elementwise_transform(
-        "radam", RAdamState, componentwise(radam_kernel),
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=hyper,
+    return kernel_transform(
+        "radam", RAdamState, radam_kernel, kernel_args=kernel_args,
+        weight_decay=WeightDecay(weight_decay, decoupled_weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

@@ -3,7 +3,8 @@
 The per-element update lives in :func:`rmsprop_kernel`, one function that
 returns every new buffer, so XLA fuses each leaf's update into a single pass
 over memory. :func:`rmsprop` wraps it in the ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`; the stateful
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize`` and the weight decay); the stateful
 :class:`lucid_fx.RMSprop` calls the same factory.
 """
 
@@ -20,27 +21,22 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    compute_dtype,
-    hyper,
-    real_dtype,
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_flag, check_hyperparameter
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
 )
 
 
 @schema.declare(
-    step=schema.count(),
-    square_avg=schema.buffer(real=True),
-    grad_avg=schema.buffer(optional=True),
-    momentum_buffer=schema.buffer(absent_when_zero="momentum"),
-    skipped=schema.counter(),
+    step=schema.step_count(),
+    square_avg=schema.buffer(real=True, never_negative="an average of squares"),
+    grad_avg=schema.buffer(switch="centered"),
+    # The page's b holds η (b = η·b_torch): torch's buffer converts by each group's lr.
+    momentum_buffer=schema.buffer(switch="momentum", torch_factor="lr"),
+    skipped=schema.skipped_count(),
 )
 class RMSpropState(NamedTuple):
     """The state of :func:`rmsprop`; field names are torch's state-dict keys.
@@ -62,8 +58,7 @@ class RMSpropState(NamedTuple):
 
 
 def rmsprop_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     square_avg: jax.Array,
     grad_avg: jax.Array | None,
     momentum_buffer: jax.Array | None,
@@ -71,25 +66,17 @@ def rmsprop_kernel(
     lr: Any,
     alpha: Any,
     eps: Any,
-    weight_decay: Any | None,
-    momentum: Any | None,
+    momentum: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
-    """One RMSprop step for one array: returns ``(delta, v, ḡ, b)``, delta to add to θ.
+    """One RMSprop step for one array: returns ``(term, v, ḡ, b)``, the term added to θ.
 
-    ``weight_decay``/``momentum`` of ``None`` (and ``grad_avg``/``momentum_buffer``
-    of ``None``) switch that part off. Arithmetic runs in the wider of the
-    gradient's and the state's dtype, and at least float32 (so that 1 - α keeps
-    its precision for bfloat16/float16); each output keeps its input's dtype,
-    and the step uses the new buffers as rounded to those dtypes.
+    ``g`` is the gradient in the arithmetic's dtype, already decayed. A
+    ``grad_avg`` or ``momentum_buffer`` of ``None`` switches centering or
+    momentum off. The step uses the new buffers as rounded to their dtypes.
     """
-    compute = compute_dtype(grad, square_avg, grad_avg)
+    compute = compute_dtype(g, square_avg, grad_avg)
     real = real_dtype(compute)  # complex64 -> float32, and so on
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("rmsprop_kernel: weight_decay needs the parameter")
-        g = g + h(weight_decay) * param.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     # 1 - α from α's own precision: from a rounded α it loses digits (α = 0.999 in float32).
     a, one_minus_a = h(alpha), h(1 - alpha)
     # Each new buffer is rounded to its stored dtype first and the step goes on
@@ -113,13 +100,14 @@ def rmsprop_kernel(
         new_buffer = (h(momentum) * momentum_buffer.astype(compute) + scaled).astype(
             momentum_buffer.dtype
         )
-        delta = -new_buffer.astype(compute)
+        term = -new_buffer.astype(compute)
     else:
-        delta = -scaled
+        term = -scaled
         new_buffer = None
-    return delta.astype(grad.dtype), new_v, new_grad_avg, new_buffer
+    return term, new_v, new_grad_avg, new_buffer
 
 
+@schema.makes(RMSpropState)
 def rmsprop(
     lr: ScalarOrSchedule = 0.01,
     alpha: float = 0.99,
@@ -194,24 +182,13 @@ def rmsprop(
     check_hyperparameter("lr", lr)
     check_hyperparameter("alpha", alpha, high=1.0)
     check_hyperparameter("eps", eps)
-    check_hyperparameter("weight_decay", weight_decay)
     check_hyperparameter("momentum", momentum)
     check_flag("centered", centered)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    # Structure is decided here, once: which buffers exist and whether θ is read.
-    use_momentum = not is_static_zero(momentum)
-    use_weight_decay = not is_static_zero(weight_decay)
-    return elementwise_transform(
+    return kernel_transform(
         "rmsprop", RMSpropState, rmsprop_kernel,
-        switched={"grad_avg": ("centered", centered),
-                  "momentum_buffer": ("momentum", use_momentum)},
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            lr=scheduled(lr, state.step), alpha=alpha, eps=eps,
-            weight_decay=weight_decay if use_weight_decay else None,
-            momentum=momentum if use_momentum else None),
+        kernel_args=lambda state, t: dict(
+            lr=scheduled(lr, state.step), alpha=alpha, eps=eps, momentum=momentum),
+        switches={"centered": centered, "momentum": momentum},
+        weight_decay=WeightDecay(weight_decay), complex_parts=False,  # |g|², as the page
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )
-

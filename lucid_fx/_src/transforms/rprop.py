@@ -2,7 +2,8 @@
 
 The per-element update is :func:`rprop_kernel`; :func:`rprop` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform` (which also applies
+``maximize``).
 """
 
 from __future__ import annotations
@@ -15,23 +16,17 @@ import jax.numpy as jnp
 
 from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation, Updates
-from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    concrete_value,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    real_dtype,
-)
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_hyperparameter, concrete_value
+from lucid_fx._src.transforms.kernel_transform import kernel_transform
 
 
-@schema.declare(step=schema.count(), prev=schema.buffer(), step_size=schema.buffer(),
-                skipped=schema.counter())
+@schema.declare(
+    step=schema.step_count(),
+    prev=schema.buffer(),
+    step_size=schema.buffer(never_negative="a step size"),
+    skipped=schema.skipped_count(),
+)
 class RpropState(NamedTuple):
     """The state of :func:`rprop`; field names are torch's state-dict keys.
 
@@ -53,7 +48,7 @@ class RpropState(NamedTuple):
 
 
 def rprop_kernel(
-    grad: jax.Array,
+    g: jax.Array,
     prev: jax.Array,
     step_size: jax.Array,
     *,
@@ -62,30 +57,27 @@ def rprop_kernel(
     step_size_min: Any,
     step_size_max: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Rprop step for one real array: returns ``(delta, prev, step_size)``.
+    """One Rprop step for one real array: returns ``(term, prev, step_size)``, the term
+    added to θ.
 
-    delta is the change of θ. Hyper-parameters may be numbers, traced scalars
-    or broadcastable arrays. Arithmetic runs in the wider of the gradient's
-    and the buffers' dtype, at least float32; each output keeps its input's
-    dtype, and the step goes on from the buffers as rounded to their dtypes
-    (as torch does). The sign is that of the product g·prev as computed (an
-    underflow to 0 counts as 0, as in torch), and a NaN there propagates into
-    the step size and θ. Complex arrays go through
-    :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`rprop` does so).
+    ``g`` is the gradient in the arithmetic's dtype. Hyper-parameters may be
+    numbers, traced scalars or broadcastable arrays. The step goes on from the
+    buffers as rounded to their dtypes (as torch does). The sign is that of the
+    product g·prev as computed (an underflow to 0 counts as 0, as in torch), and
+    a NaN there propagates into the step size and θ.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.rprop import rprop_kernel
-      >>> delta, prev, size = rprop_kernel(
+      >>> term, prev, size = rprop_kernel(
       ...     jnp.array([1.0, -1.0, 2.0]), jnp.array([1.0, 1.0, 0.0]), jnp.full(3, 0.125),
       ...     etaminus=0.5, etaplus=2.0, step_size_min=0.0, step_size_max=1.0)
-      >>> size.tolist(), prev.tolist(), delta.tolist()   # same sign, flipped, no history
+      >>> size.tolist(), prev.tolist(), term.tolist()   # same sign, flipped, no history
       ([0.25, 0.0625, 0.125], [1.0, 0.0, 2.0], [-0.25, -0.0, -0.125])
     """
-    compute = compute_dtype(grad, prev, step_size)
+    compute = compute_dtype(g, prev, step_size)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     sign = jnp.sign(g * prev.astype(compute))
     # +1 → η₊, -1 → η₋, 0 → 1; NaN stays NaN (matches none of the three).
     factor = jnp.where(sign > 0, h(etaplus), jnp.where(sign < 0, h(etaminus),
@@ -93,8 +85,7 @@ def rprop_kernel(
     new_size = jnp.minimum(jnp.maximum(step_size.astype(compute) * factor, h(step_size_min)),
                            h(step_size_max)).astype(step_size.dtype)
     g = jnp.where(sign < 0, 0, g)  # after a sign flip: no move now, no history next
-    delta = -(jnp.sign(g) * new_size.astype(compute))
-    return delta.astype(grad.dtype), g.astype(prev.dtype), new_size
+    return -(jnp.sign(g) * new_size.astype(compute)), g.astype(prev.dtype), new_size
 
 
 def _check_pair(name: str, value: Any, expected: str) -> tuple[Any, Any]:
@@ -129,6 +120,7 @@ def _check_step_sizes(step_sizes: Any) -> tuple[Any, Any]:
     return smallest, largest
 
 
+@schema.makes(RpropState)
 def rprop(
     lr: Any = 1e-2,
     etas: tuple[Any, Any] = (0.5, 1.2),
@@ -200,15 +192,11 @@ def rprop(
     check_hyperparameter("lr", lr)
     etaminus, etaplus = _check_etas(etas)
     step_size_min, step_size_max = _check_step_sizes(step_sizes)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
-    return elementwise_transform(
-        "rprop", RpropState, componentwise(rprop_kernel),
-        takes_param=False,  # Rprop reads only signs of gradients
-        initial={"step_size": lr},  # s_0 = lr, per element
-        hyper=lambda state, step: dict(
+    return kernel_transform(
+        "rprop", RpropState, rprop_kernel,
+        kernel_args=lambda state, t: dict(
             etaminus=etaminus, etaplus=etaplus,
             step_size_min=step_size_min, step_size_max=step_size_max),
+        initial={"step_size": lr},  # s_0 = lr, per element
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )

@@ -2,7 +2,8 @@
 
 The per-element update is :func:`sgd_kernel`; :func:`sgd` wraps it in the
 ``init``/``update`` protocol with
-:func:`lucid_fx._src.transforms.kernel_transform.elementwise_transform`.
+:func:`~lucid_fx._src.transforms.kernel_transform.kernel_transform`, which also
+applies ``maximize`` and the weight decay.
 """
 
 from __future__ import annotations
@@ -18,27 +19,19 @@ from lucid_fx._src.core.base import (
     ScalarOrSchedule,
     Updates,
 )
-from lucid_fx._src.core.validation import (
-    check_flag,
-    check_float_dtype,
-    check_hyperparameter,
-    concrete_value,
-    is_static_zero,
-)
-from lucid_fx._src.transforms.kernel_transform import elementwise_transform
-from lucid_fx._src.transforms.numerics import (
-    componentwise,
-    compute_dtype,
-    hyper,
-    real_dtype,
+from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.validation import check_flag, check_hyperparameter, concrete_value
+from lucid_fx._src.transforms.kernel_transform import (
+    WeightDecay,
+    kernel_transform,
     scheduled,
 )
 
 
 @schema.declare(
-    step=schema.count(torch_key=False),
-    momentum_buffer=schema.buffer(absent_when_zero="momentum"),
-    skipped=schema.counter(),
+    step=schema.step_count(torch_key=False),
+    momentum_buffer=schema.buffer(switch="momentum"),
+    skipped=schema.skipped_count(),
 )
 class SGDState(NamedTuple):
     """The state of :func:`sgd`; field names are torch's state-dict keys.
@@ -58,45 +51,36 @@ class SGDState(NamedTuple):
 
 
 def sgd_kernel(
-    grad: jax.Array,
-    param: jax.Array | None,
+    g: jax.Array,
     momentum_buffer: jax.Array | None,
     *,
     step: Any,
     lr: Any,
-    momentum: Any | None,
+    momentum: Any,
     dampening: Any,
-    weight_decay: Any | None,
     nesterov: bool,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """One SGD step for one real array: returns ``(delta, b)``, delta to add to θ.
+    """One SGD step for one real array: returns ``(-η·g', b)``, the term added to θ.
 
-    ``step`` is t, the number of this update (1 at the first), a scalar or an
-    int array broadcastable against the array (one count per element): where
-    t = 1 the buffer starts as ``b = g``, as torch starts it. ``weight_decay``,
-    ``momentum`` and ``momentum_buffer`` of ``None`` switch that part off.
-    Hyper-parameters may be numbers, traced scalars or broadcastable arrays.
-    Arithmetic runs in the wider of the gradient's and the buffer's dtype, at
-    least float32; each output keeps its input's dtype, and the step goes on
-    from the buffer as rounded to its dtype (as torch does). Complex arrays
-    go through :func:`lucid_fx._src.transforms.numerics.componentwise` (:func:`sgd` does so).
+    ``g`` is the gradient in the arithmetic's dtype, already decayed. ``step`` is
+    t, the number of this update (1 at the first), a scalar or an int array
+    broadcastable against the array (one count per element): where t = 1 the
+    buffer starts as ``b = g``, as torch starts it. A ``momentum_buffer`` of
+    ``None`` switches momentum off. Hyper-parameters may be numbers, traced
+    scalars or broadcastable arrays. The step goes on from the buffer as rounded
+    to its dtype (as torch does).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from lucid_fx._src.transforms.sgd import sgd_kernel
-      >>> delta, b = sgd_kernel(jnp.array([2.0]), None, jnp.array([1.0]), step=2, lr=0.1,
-      ...                       momentum=0.5, dampening=0.0, weight_decay=None, nesterov=False)
-      >>> b.tolist(), delta.tolist()   # b = 0.5·1 + 2 = 2.5, delta = -0.1·2.5
+      >>> term, b = sgd_kernel(jnp.array([2.0]), jnp.array([1.0]), step=2, lr=0.1,
+      ...                      momentum=0.5, dampening=0.0, nesterov=False)
+      >>> b.tolist(), term.tolist()   # b = 0.5·1 + 2 = 2.5, term = -0.1·2.5
       ([2.5], [-0.25])
     """
-    compute = compute_dtype(grad, momentum_buffer)
+    compute = compute_dtype(g, momentum_buffer)
     real = real_dtype(compute)
-    h = lambda x: hyper(x, real)
-    g = grad.astype(compute)
-    if weight_decay is not None:
-        if param is None:
-            raise ValueError("sgd_kernel: weight_decay needs the parameter")
-        g = g + h(weight_decay) * param.astype(compute)
+    h = lambda x: cast_scalar(x, real)
     new_buffer = None
     if momentum_buffer is not None:
         mu = h(momentum)
@@ -106,10 +90,10 @@ def sgd_kernel(
         new_buffer = jnp.where(first, g, running).astype(momentum_buffer.dtype)
         b = new_buffer.astype(compute)
         g = g + mu * b if nesterov else b
-    delta = -h(lr) * g
-    return delta.astype(grad.dtype), new_buffer
+    return -h(lr) * g, new_buffer
 
 
+@schema.makes(SGDState)
 def sgd(
     lr: ScalarOrSchedule = 1e-3,
     momentum: float = 0,
@@ -180,11 +164,7 @@ def sgd(
     check_hyperparameter("lr", lr)
     check_hyperparameter("momentum", momentum)
     check_hyperparameter("dampening", dampening, low=None)
-    check_hyperparameter("weight_decay", weight_decay)
     check_flag("nesterov", nesterov)
-    check_flag("maximize", maximize)
-    check_flag("skip_nonfinite", skip_nonfinite)
-    check_float_dtype("state_dtype", state_dtype)
     if nesterov:
         mu, tau = concrete_value(momentum), concrete_value(dampening)
         if (mu is not None and mu <= 0) or (tau is not None and tau != 0):  # type: ignore[operator]
@@ -192,16 +172,11 @@ def sgd(
                 f"Invalid nesterov value: True (Nesterov momentum needs momentum > 0 and "
                 f"dampening = 0; got momentum={momentum!r}, dampening={dampening!r})"
             )
-    # Structure is decided here, once: whether b exists and whether θ is read.
-    use_momentum = not is_static_zero(momentum)
-    use_weight_decay = not is_static_zero(weight_decay)
-    return elementwise_transform(
-        "sgd", SGDState, componentwise(sgd_kernel),
-        switched={"momentum_buffer": ("momentum", use_momentum)},
-        needs_params="weight_decay is non-zero" if use_weight_decay else None,
-        hyper=lambda state, step: dict(
-            step=step, lr=scheduled(lr, state.step),
-            momentum=momentum if use_momentum else None, dampening=dampening,
-            weight_decay=weight_decay if use_weight_decay else None, nesterov=nesterov),
+    return kernel_transform(
+        "sgd", SGDState, sgd_kernel,
+        kernel_args=lambda state, t: dict(
+            step=t, lr=scheduled(lr, state.step), momentum=momentum, dampening=dampening,
+            nesterov=nesterov),
+        switches={"momentum": momentum}, weight_decay=WeightDecay(weight_decay),
         maximize=maximize, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
     )
