@@ -228,6 +228,16 @@ def of_state(state_type: type) -> Schema:
     return declared
 
 
+def shape_aware_states(state: Any) -> list[type]:
+    """The declared state classes in ``state`` (a transform's state, a chain's tuple of
+    them, or an abstract one from ``jax.eval_shape``) whose math needs array shapes."""
+    def declared(x: Any) -> bool:
+        return getattr(type(x), _STATE, None) is not None
+
+    found = jax.tree.leaves(state, is_leaf=declared)
+    return [type(x) for x in found if declared(x) and not of_state(type(x)).elementwise]
+
+
 def makes(state_type: type) -> Callable[[FactoryType], FactoryType]:
     """Factory decorator: the transforms ``factory`` returns keep a ``state_type`` state,
     so the stateful face reads the schema without building a state."""

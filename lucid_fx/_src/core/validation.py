@@ -122,14 +122,19 @@ def _path_name(path: tuple[Any, ...]) -> str:
     return "".join(str(k) for k in path) or "<root>"
 
 
-def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against: str) -> None:
+def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against: str,
+                         shapes: bool = True) -> None:
     """Raises ``ValueError`` naming the first path where ``given`` differs from ``expected``.
 
     Both structure (keys, lengths, node types) and leaf shapes are compared, so a
     mismatch is reported in the user's terms instead of as an XLA shape error.
+    ``shapes=False`` compares the structure alone, ``None`` counting as a leaf: for a
+    state tree that is not shaped like the parameters (a row factor per matrix,
+    ``None`` where a parameter has none).
     """
-    expected_leaves, expected_def = jax.tree_util.tree_flatten_with_path(expected)
-    given_leaves, given_def = jax.tree_util.tree_flatten_with_path(given)
+    none_leaf = None if shapes else (lambda x: x is None)
+    expected_leaves, expected_def = jax.tree_util.tree_flatten_with_path(expected, none_leaf)
+    given_leaves, given_def = jax.tree_util.tree_flatten_with_path(given, none_leaf)
     expected_def, given_def = cast(Any, expected_def), cast(Any, given_def)
     if expected_def != given_def:
         for (p_exp, _), (p_given, _) in zip(expected_leaves, given_leaves):
@@ -153,7 +158,7 @@ def check_same_structure(expected: PyTree, given: PyTree, *, what: str, against:
             f"(expected {expected_def}, got {given_def})"
         )
     for (path, exp), (_, giv) in zip(expected_leaves, given_leaves):
-        if np.shape(exp) != np.shape(giv):
+        if shapes and np.shape(exp) != np.shape(giv):
             raise ValueError(
                 f"{what} do not match {against}: {_path_name(path)} has shape "
                 f"{np.shape(giv)}, expected {np.shape(exp)}"
@@ -258,15 +263,17 @@ def check_update_trees(
     *,
     needs_params: str | None = None,
     stateless: bool = False,
+    shapes: bool = True,
 ) -> None:
     """Checks the gradients (and the parameters, when needed) before an update.
 
     ``structure`` is a per-parameter tree of the state; the gradients and
     parameters must match it (paths and shapes). A transform that keeps no
     per-parameter state (plain SGD) passes ``stateless=True``: the gradients
-    then set the structure the parameters must match. ``needs_params`` is the
-    reason ``params`` must be given (for instance ``"weight_decay is
-    non-zero"``), or ``None`` when they are optional.
+    then set the structure the parameters must match; ``shapes=False`` for a state
+    tree not shaped like the parameters (see :func:`check_same_structure`).
+    ``needs_params`` is the reason ``params`` must be given (for instance
+    ``"weight_decay is non-zero"``), or ``None`` when they are optional.
 
     Example:
       >>> import jax.numpy as jnp
@@ -278,7 +285,8 @@ def check_update_trees(
       ValueError: sgd: weight_decay is non-zero, so update() needs params: ...
     """
     if not stateless:
-        check_same_structure(structure, updates, what="gradients", against="the state")
+        check_same_structure(structure, updates, what="gradients", against="the state",
+                             shapes=shapes)
     check_float_leaves(name, updates, what="gradients")
     if needs_params is not None:
         if params is None:
@@ -287,4 +295,5 @@ def check_update_trees(
                 "call tx.update(grads, state, params)"
             )
         against, what = (updates, "the gradients") if stateless else (structure, "the state")
-        check_same_structure(against, params, what="params", against=what)
+        check_same_structure(against, params, what="params", against=what,
+                             shapes=shapes or stateless)

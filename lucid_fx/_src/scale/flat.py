@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation, OptState, Params, PyTree, Updates
 from lucid_fx._src.core.layout import Layout
 
@@ -215,8 +216,10 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     params, when given), calls ``inner.update`` on them and unpacks the updates
     into the gradients' tree. The math is ``inner``'s, unchanged: an element-wise
     transform such as :func:`lucid_fx.rmsprop` gives the same numbers as on the
-    tree. Transforms that look across a leaf (per-leaf norms, shapes) would see
-    the buffers instead; global ones (``clip_by_global_norm``) are unaffected.
+    tree. A lucid_fx transform whose math needs shapes (Muon, Adafactor) is refused
+    (``ValueError``); other transforms that look across a leaf (per-leaf norms)
+    would see the buffers instead; global ones (``clip_by_global_norm``) are
+    unaffected.
 
     Unlike ``optax.flatten``, nothing is upcast: each dtype keeps its buffer.
     Under ``jax.jit`` the state is one array per dtype in and out, which removes
@@ -244,7 +247,15 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     """
 
     def init(params: Params) -> OptState:
-        return inner.init(FlatLayout.of(params).pack(params))
+        flat = FlatLayout.of(params).pack(params)
+        shaped = schema.shape_aware_states(jax.eval_shape(inner.init, flat))
+        if shaped:
+            raise ValueError(
+                f"flatten packs every leaf into one vector per dtype, which only element-wise "
+                f"math allows; {shaped[0].__name__}'s math needs each array's shape: use the "
+                f"transform on the tree as it is"
+            )
+        return inner.init(flat)
 
     def update(
         updates: Updates, state: OptState, params: Params | None = None

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation, OptState, Params, PyTree, Updates
 from lucid_fx._src.core.placement import bytes_per_device, shard_like, to_host, zeros_like_param
 
@@ -111,6 +112,17 @@ def _check_replicated(params: Params) -> None:
             )
 
 
+def _check_elementwise(what: str, state: OptState) -> None:
+    """Raises ``ValueError`` when ``state`` holds a lucid_fx state whose math needs shapes."""
+    shaped = schema.shape_aware_states(state)
+    if shaped:
+        raise ValueError(
+            f"{what}; {shaped[0].__name__}'s math needs each array whole (its Newton–Schulz "
+            f"or row and column factors see the matrix): shard the parameters instead "
+            f"(lucid_fx.sharding.split_across), and the state follows them"
+        )
+
+
 def zero1(tx: GradientTransformation, mesh: Mesh, axis: str = "data") -> GradientTransformation:
     """ZeRO stage 1: ``tx`` with its state split over ``axis``, for replicated parameters.
 
@@ -161,6 +173,9 @@ def zero1(tx: GradientTransformation, mesh: Mesh, axis: str = "data") -> Gradien
 
     def init(params: Params) -> OptState:
         _check_replicated(params)
+        _check_elementwise("zero1 splits each state array over the mesh and updates each "
+                           "device's slice alone, which only element-wise math allows",
+                           jax.eval_shape(tx.init, params))
         # Compiled with the split layout as its output, so the full, replicated state
         # is never built, not even for a moment.
         layout = split_sharding(jax.eval_shape(tx.init, params), mesh, axis)

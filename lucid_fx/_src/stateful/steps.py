@@ -158,8 +158,8 @@ def _fresh(factory: Factory, static: StaticKey, arrays: dict[str, Any], pack: Pa
         elif stacked or schema.of(factory).fields[name].kind == "scalar":
             fields[name] = commit_like(pack.buffer, jnp.broadcast_to(value, t.shape).astype(
                 t.dtype))
-        else:
-            fields[name] = value
+        else:  # an array not made like its parameter (a row factor) is committed here
+            fields[name] = commit_like(pack.buffer, value)
     return fields
 
 

@@ -427,9 +427,10 @@ def kernel_transform(
         )
     present = {f: declared.switched_on(f, options) for f in arrays}
     in_use = [f for f in arrays if present[f]]
-    # The state's per-parameter trees set the structure; with none (SGD without
-    # momentum) the gradients do.
-    reference = in_use[0] if in_use else None
+    # The state's per-parameter trees set the structure, one shaped like the parameters
+    # where there is one; with none (SGD without momentum) the gradients do.
+    reference = next((f for f in in_use if fields[f].shape is None), in_use[0] if in_use else None)
+    like_params = reference is None or fields[reference].shape is None
     always = next((f for f in arrays if fields[f].switch is None), None)
     step_fn = _with_weight_decay(kernel, weight_decay, reads_param is not None)
     if complex_parts:
@@ -488,13 +489,13 @@ def kernel_transform(
         )
         structure = None if reference is None else getattr(state, reference)
         check_update_trees(name, structure, updates, params, needs_params=needs_params,
-                           stateless=reference is None)
+                           stateless=reference is None, shapes=like_params)
         grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
         step = next_step(state.step)
         theta = params if needs_params is not None else None
         deltas, *new_arrays = map_kernel(
             step_fn,
-            jax.tree.structure(grads if structure is None else structure),
+            jax.tree.structure(grads if structure is None or not like_params else structure),
             grads, theta,
             *(getattr(state, f) for f in arrays),
             present=(True, *present.values()),
