@@ -39,6 +39,7 @@ from harness import (
     transform_step,
     triad_step,
 )
+from shape_aware import adafactor, muon
 
 import lucid_fx as fx
 from lucid_fx import FlatLayout, flatten
@@ -623,4 +624,6 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "memory": memory,
     "bf16": bf16,
     "family": family,
+    "muon": muon,
+    "adafactor": adafactor,
 }

@@ -204,7 +204,7 @@ def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
     if unit == "bytes":
-        return f"{value / 2**30:.2f} GiB"
+        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.3g} MiB"
     for scale, suffix in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
         if value >= scale:
             return f"{value / scale:.3g} {suffix}"

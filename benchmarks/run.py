@@ -25,6 +25,10 @@ Cases (see ``cases.py``):
 - ``memory``: peak RSS of a step over 1 GiB of parameters, one process per library;
 - ``bf16``: bfloat16 parameters with v in bfloat16 or float32: time, bytes and
   the accuracy of v;
+- ``family``: every optimizer's step against optax's and torch's (``family.py``);
+- ``muon``, ``adafactor``: the shape-aware optimizers on a transformer's matrices,
+  batched and one-by-one Newton–Schulz, and the bytes of Adafactor's state
+  (``shape_aware.py``);
 - ``zero1``: ``benchmarks/zero1.py`` (ZeRO-1 state sharding on 8 simulated
   devices) in a child process, printed as its own section after the table.
 """

@@ -31,21 +31,25 @@ from lucid_fx._src.stateful.optimizers import (
     ASGD,
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
     AdamW,
+    Muon,
     NAdam,
     RAdam,
     RMSprop,
     Rprop,
 )
 from lucid_fx._src.transforms.adadelta import AdadeltaState, adadelta
+from lucid_fx._src.transforms.adafactor import AdafactorState, adafactor
 from lucid_fx._src.transforms.adagrad import AdagradState, adagrad
 from lucid_fx._src.transforms.adam import AdamState, adam, adamw
 from lucid_fx._src.transforms.adamax import AdamaxState, adamax
 from lucid_fx._src.transforms.asgd import ASGDState, asgd
 from lucid_fx._src.transforms.clipping import clip_by_global_norm, global_norm
+from lucid_fx._src.transforms.muon import MuonState, muon
 from lucid_fx._src.transforms.nadam import NAdamState, nadam
 from lucid_fx._src.transforms.radam import RAdamState, radam
 from lucid_fx._src.transforms.rmsprop import RMSpropState, rmsprop
@@ -61,6 +65,8 @@ __all__ = [
     "ASGDState",
     "Adadelta",
     "AdadeltaState",
+    "Adafactor",
+    "AdafactorState",
     "Adagrad",
     "AdagradState",
     "Adam",
@@ -71,6 +77,8 @@ __all__ = [
     "EmptyState",
     "FlatLayout",
     "GradientTransformation",
+    "Muon",
+    "MuonState",
     "NAdam",
     "NAdamState",
     "Optimizer",
@@ -84,6 +92,7 @@ __all__ = [
     "RpropState",
     "SGDState",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -101,6 +110,7 @@ __all__ = [
     "limit_in_flight",
     "load_values",
     "lr_scheduler",
+    "muon",
     "nadam",
     "named_parameters",
     "parameters",

@@ -24,7 +24,10 @@ import numpy as np
 
 
 def is_static(value: Any) -> bool:
-    """Values that shape the compiled code (flags, dtypes, strings, None) rather than feed it."""
+    """Values that shape the compiled code (flags, dtypes, strings, None, and a pair holding
+    one: Adafactor's ``eps=(None, 1e-3)``) rather than feed it."""
+    if isinstance(value, (tuple, list)):
+        return any(is_static(v) for v in value)
     return value is None or isinstance(value, (bool, np.bool_, str, np.dtype, type))
 
 

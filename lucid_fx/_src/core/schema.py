@@ -58,6 +58,7 @@ FactoryType = TypeVar("FactoryType", bound=Callable[..., Any])
 
 _STATE = "__lucid_fx_schema__"
 _FACTORY = "__lucid_fx_state__"
+_STATIC = "__lucid_fx_static__"
 
 
 class Field(NamedTuple):
@@ -165,10 +166,13 @@ class Schema(NamedTuple):
       elementwise: the transform's update is element by element, so the
         stateful face may flatten many Parameters into one buffer; ``False``
         for math that needs each array's shape (a matrix's row norms).
+      real_only: the math is defined for real parameters only, so both faces
+        refuse a complex one (``RuntimeError``, as torch's Muon and Adafactor).
     """
 
     fields: Mapping[str, Field]
     elementwise: bool
+    real_only: bool = False
 
     @property
     def switches(self) -> dict[str, str]:
@@ -190,9 +194,11 @@ class Schema(NamedTuple):
         return not (value is False or value is None or is_static_zero(value))
 
 
-def declare(*, elementwise: bool = True, **fields: Field) -> Callable[[StateType], StateType]:
+def declare(*, elementwise: bool = True, real_only: bool = False,
+            **fields: Field) -> Callable[[StateType], StateType]:
     """Class decorator: attaches the fields (one per NamedTuple field, in order) as the
-    state's :class:`Schema`; ``elementwise=False`` for math that needs array shapes.
+    state's :class:`Schema`; ``elementwise=False`` for math that needs array shapes,
+    ``real_only=True`` for math without a complex form.
 
     Raises ``TypeError`` when the names do not match the class's fields exactly, or
     when an element-wise state declares an array of another shape.
@@ -210,7 +216,8 @@ def declare(*, elementwise: bool = True, **fields: Field) -> Callable[[StateType
                 f"{state_type.__name__}: {shaped} are not shaped like their parameter, so "
                 f"the math is not element-wise: declare it with elementwise=False"
             )
-        setattr(state_type, _STATE, Schema(MappingProxyType(dict(fields)), elementwise))
+        setattr(state_type, _STATE, Schema(MappingProxyType(dict(fields)), elementwise,
+                                           real_only))
         return state_type
 
     return attach
@@ -238,16 +245,27 @@ def shape_aware_states(state: Any) -> list[type]:
     return [type(x) for x in found if declared(x) and not of_state(type(x)).elementwise]
 
 
-def makes(state_type: type) -> Callable[[FactoryType], FactoryType]:
+def makes(state_type: type, *, static: tuple[str, ...] = ()) -> Callable[[FactoryType], FactoryType]:
     """Factory decorator: the transforms ``factory`` returns keep a ``state_type`` state,
-    so the stateful face reads the schema without building a state."""
+    so the stateful face reads the schema without building a state.
+
+    ``static`` names numeric arguments that shape the compiled code (Muon's
+    ``ns_steps``, a loop count): the stateful face keeps them out of the traced
+    hyper-parameters, so a new value compiles once more instead of failing.
+    """
     of_state(state_type)  # a factory's state must be declared
 
     def attach(factory: FactoryType) -> FactoryType:
         setattr(factory, _FACTORY, state_type)
+        setattr(factory, _STATIC, tuple(static))
         return factory
 
     return attach
+
+
+def static_arguments(factory: Callable[..., Any]) -> tuple[str, ...]:
+    """The numeric arguments of ``factory`` that shape its compiled code (see :func:`makes`)."""
+    return tuple(getattr(factory, _STATIC, ()))
 
 
 def state_type_of(factory: Callable[..., Any]) -> type:

@@ -179,6 +179,31 @@ def check_betas(betas: Any) -> tuple[Any, Any]:
 # ------------------------------------------------------------------ trees at init/update
 
 
+def check_real_leaves(name: str, tree: PyTree) -> None:
+    """Raises ``RuntimeError`` (torch's type) at the first complex leaf of ``tree``:
+    ``name``'s math has no complex form.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from lucid_fx._src.core.validation import check_real_leaves
+      >>> check_real_leaves("Muon", {"w": jnp.zeros((2, 2), jnp.complex64)})
+      Traceback (most recent call last):
+      ...
+      RuntimeError: Muon does not support complex parameters (['w'] is complex64): ...
+    """
+    def check(path: Any, leaf: Any) -> None:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            where = jax.tree_util.keystr(path) or "the parameter"
+            raise RuntimeError(
+                f"{name} does not support complex parameters ({where} is {dtype}): optimize "
+                f"its real and imaginary parts as two real parameters, or use an optimizer "
+                f"with a complex form (Adam, SGD, RMSprop, ...)"
+            )
+
+    jax.tree_util.tree_map_with_path(check, tree)
+
+
 def check_float_leaves(name: str, tree: PyTree, *, what: str = "parameters") -> None:
     """Raises ``TypeError`` at the first leaf of ``tree`` that is not a float/complex array.
 

@@ -59,7 +59,7 @@ StateDict = dict[str, Any]
 _DROPPED_ON_IMPORT = frozenset({"initial_lr"})
 # lucid_fx's own options, which torch lacks: dropped on export, kept on import. Every
 # group of a lucid_fx state dict holds them, so they tell its dicts from torch's.
-LUCID_ONLY_OPTIONS = frozenset({"skip_nonfinite", "state_dtype"})
+LUCID_ONLY_OPTIONS = frozenset({"skip_nonfinite", "state_dtype", "ns_dtype"})
 _NOT_FOR_TORCH = frozenset({"params", "param_names"}) | LUCID_ONLY_OPTIONS
 _INT32_MAX = int(np.iinfo(np.int32).max)
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from lucid_fx._src.core import schema
 from lucid_fx._src.core.base import GradientTransformation
+from lucid_fx._src.core.validation import check_real_leaves
 from lucid_fx._src.interop import torch as torch_compat
 from lucid_fx._src.scale.dispatch import wait_for
 from lucid_fx._src.stateful import state_dict as saved
@@ -166,7 +167,17 @@ class Optimizer:
         self._add_checked_group(group)
 
     def _checked_group(self, param_group: Any, seen: set[int]) -> ParamGroup:
-        return checked_group(param_group, seen, self.defaults, self._check_hyperparameters)
+        group = checked_group(param_group, seen, self.defaults, self._check_hyperparameters)
+        self._check_parameters(group["params"])
+        return group
+
+    def _check_parameters(self, params: list[Parameter]) -> None:
+        """Refuses, before any moves in, Parameters this optimizer's math cannot take:
+        complex ones where its schema is ``real_only``, and whatever a subclass adds
+        (Muon's must be matrices)."""
+        transform = type(self).transform
+        if transform is not None and schema.of(transform).real_only:
+            check_real_leaves(type(self).__name__, [_abstract(p) for p in params])
 
     def _add_checked_group(self, group: ParamGroup) -> None:
         self.param_groups.append(group)
@@ -283,6 +294,7 @@ class Optimizer:
             active.append(stepping)
         if not any(active):
             return None
+        grads = _not_donated(grads, (buffers, states))
         first = next(b for bs in buffers for b in bs)
         device: jax.Device = next(iter(first.sharding.device_set))
         args = StepArgs(factory, tuple(keys), skip_switch(factory), hypers, buffers, grads,
@@ -410,3 +422,15 @@ class Optimizer:
     def register_load_state_dict_post_hook(self, hook: Hook) -> RemovableHandle:
         """``hook(optimizer)`` after a successful load."""
         return register(self._hooks.load_post, hook)
+
+
+def _not_donated(grads: list[list[Any]], donated: Any) -> list[list[Any]]:
+    """``grads`` with a copy of each gradient that is itself an array the step donates:
+    ``p.grad = p.value`` hands the step its own value buffer twice, once to overwrite."""
+    ids = {id(x) for x in jax.tree_util.tree_leaves(donated)}
+    return [[jnp.copy(g) if id(g) in ids else g for g in group] for group in grads]
+
+
+def _abstract(p: Parameter) -> jax.ShapeDtypeStruct:
+    """``p``'s shape and dtype, for checks that need no value."""
+    return jax.ShapeDtypeStruct(p.shape, p.dtype)

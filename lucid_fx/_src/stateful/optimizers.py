@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
+
 from lucid_fx._src.stateful.optimizer import Optimizer, Params
+from lucid_fx._src.stateful.parameter import Parameter
 from lucid_fx._src.transforms.adadelta import adadelta
+from lucid_fx._src.transforms.adafactor import adafactor
 from lucid_fx._src.transforms.adagrad import adagrad
 from lucid_fx._src.transforms.adam import adam, adamw
 from lucid_fx._src.transforms.adamax import adamax
 from lucid_fx._src.transforms.asgd import asgd
+from lucid_fx._src.transforms.muon import check_matrices, muon
 from lucid_fx._src.transforms.nadam import nadam
 from lucid_fx._src.transforms.radam import radam
 from lucid_fx._src.transforms.rmsprop import rmsprop
@@ -658,4 +663,124 @@ class Rprop(Optimizer):
             params, lr=lr, etas=etas, step_sizes=step_sizes, capturable=capturable,
             foreach=foreach, maximize=maximize, differentiable=differentiable,
             skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+        )
+
+
+class Muon(Optimizer):
+    r"""Muon, with torch's stateful interface, for the 2-D parameters of hidden layers.
+
+    ``Muon(params, lr=0.001, weight_decay=0.1, momentum=0.95, nesterov=True,
+    ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-07, ns_steps=5, adjust_lr_fn=None, *,
+    skip_nonfinite=False, state_dtype=None, ns_dtype=bfloat16)``: torch 2.13's signature,
+    then lucid_fx's own options. Per matrix, in torch's order::
+
+        B ← B + (1-μ)·(g - B);   U = g + μ·(B - g) if nesterov else B
+        θ ← θ·(1 - η·λ) - η·r(shape)·NS(U)
+
+    The math is :func:`lucid_fx.muon`'s (its docstring has the Newton–Schulz box);
+    this class only drives it. As torch's, it refuses a Parameter that is not a
+    matrix: give embeddings, heads and biases to another optimizer (torch's
+    recipe: AdamW). Matrices of one shape share one stack, and one batched
+    Newton–Schulz per step. The state per Parameter has torch's key:
+    ``momentum_buffer``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lucid_fx as fx
+      >>> x = jax.random.normal(jax.random.key(0), (64, 16))
+      >>> y = x @ jax.random.normal(jax.random.key(1), (16, 8))
+      >>> model = {"w": fx.Parameter(jnp.zeros((16, 8))), "b": fx.Parameter(jnp.zeros(8))}
+      >>> loss_fn = lambda m: jnp.mean((x @ m["w"] + m["b"] - y) ** 2)
+      >>> hidden = fx.Muon([model["w"]], lr=0.02, weight_decay=0.0)
+      >>> rest = fx.AdamW([model["b"]], lr=1e-2)
+      >>> for _ in range(100):
+      ...     hidden.zero_grad(); rest.zero_grad()
+      ...     loss = fx.backward(loss_fn, model)
+      ...     hidden.step(); rest.step()
+      >>> bool(loss < 0.05 * loss_fn({"w": jnp.zeros((16, 8)), "b": jnp.zeros(8)}))
+      True
+    """
+
+    transform = staticmethod(muon)
+
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        *,
+        skip_nonfinite: bool = False,
+        state_dtype: Any | None = None,
+        ns_dtype: Any = jnp.bfloat16,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+            adjust_lr_fn=adjust_lr_fn, skip_nonfinite=skip_nonfinite, state_dtype=state_dtype,
+            ns_dtype=ns_dtype,
+        )
+
+    def _check_parameters(self, params: list[Parameter]) -> None:
+        super()._check_parameters(params)
+        check_matrices("Muon", [p.shape for p in params])
+
+
+class Adafactor(Optimizer):
+    r"""Adafactor, with torch's stateful interface.
+
+    ``Adafactor(params, lr=0.01, beta2_decay=-0.8, eps=(None, 0.001), d=1.0,
+    weight_decay=0.0, *, foreach=None, maximize=False, skip_nonfinite=False,
+    state_dtype=None)``: torch 2.13's signature. Per parameter, with step t::
+
+        α_t = max(ε₂, RMS(θ))·min(η, 1/sqrt(t));   θ ← θ·(1 - η·λ)
+        2+ dimensions: R, C ← lerp(R, C, row and column means of g², t^τ);  V̂ = R·C/max(mean R, ε₁)
+        otherwise:     V ← lerp(V, g², t^τ);  V̂ = V
+        U = g / sqrt(max(V̂, ε₁²));   θ_t = θ - α_t·U / max(1, RMS(U)/d)
+
+    The math is :func:`lucid_fx.adafactor`'s; this class only drives it. The
+    state per Parameter has torch's keys: ``step`` and ``row_var``/``col_var`` (two
+    or more dimensions) or ``variance``. Parameters of one shape share one stack.
+
+    Example:
+      >>> import jax.numpy as jnp, lucid_fx as fx
+      >>> model = {"w": fx.Parameter(jnp.ones((4, 3))), "b": fx.Parameter(jnp.ones(3))}
+      >>> loss_fn = lambda m: jnp.sum((m["w"] - 3.0) ** 2) + jnp.sum(m["b"] ** 2)
+      >>> optimizer = fx.Adafactor(fx.parameters(model), lr=0.1)
+      >>> for _ in range(100):
+      ...     optimizer.zero_grad()
+      ...     loss = fx.backward(loss_fn, model)
+      ...     optimizer.step()
+      >>> bool(loss < 1e-2), sorted(optimizer.state[model["w"]])
+      (True, ['col_var', 'row_var', 'step'])
+    """
+
+    transform = staticmethod(adafactor)
+
+    # torch 2.13's signature, spelled out for IDEs and type checkers; a test checks it
+    # against torch's and the factory's.
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+        state_dtype: Any | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+            foreach=foreach, maximize=maximize, skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
         )

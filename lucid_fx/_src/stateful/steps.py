@@ -74,7 +74,8 @@ def split_hyperparameters(
 ) -> tuple[StaticKey, dict[str, Any]]:
     """Splits a group's hyper-parameters ``names`` into the compile key and the traced arrays.
 
-    Python bools and strings are static. A Python or NumPy 0 (never an array, whose
+    Python bools and strings are static, and so are the numbers the factory declares
+    structural (:func:`~lucid_fx._src.core.schema.static_arguments`). A Python or NumPy 0 (never an array, whose
     value would have to be read back: :func:`~lucid_fx._src.core.validation.is_static_zero`,
     as the functional face decides) is static too where it removes work
     (``compiled_out_at_zero``) or a state field that no pack of the group
@@ -82,12 +83,13 @@ def split_hyperparameters(
     recompile.
     """
     switches = compiled_out_switches(factory)
+    structural = schema.static_arguments(factory)
     static: list[tuple[str, Any]] = []
     arrays: dict[str, Any] = {}
     for name in names:
         value = group[name]
         field = switches.get(name)
-        if is_static(value):
+        if is_static(value) or name in structural:
             static.append((name, bool(value) if isinstance(value, np.bool_) else value))
         elif is_static_zero(value) and (name in compiled_out_at_zero or (field is not None and not any(
             getattr(state, field, None) is not None for state in states

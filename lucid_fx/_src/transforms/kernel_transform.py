@@ -6,7 +6,8 @@ to the parameter and the new state arrays — and the same plumbing around it.
 :func:`kernel_transform` is that plumbing, built from the state's NamedTuple and
 its declared schema (:mod:`lucid_fx._src.core.schema`):
 
-- ``init``: the parameters are float arrays; ``step`` is 0; every array field
+- ``init``: the parameters are float arrays (real ones where the schema says
+  ``real_only``); ``step`` is 0; every array field
   is laid out like its parameter (or in its declared shape), zero or its
   ``initial`` value, and ``None`` while its switch is off; every per-parameter
   number (NAdam's ``mu_product``) is one 0-d value; ``skipped`` is 0 with
@@ -49,6 +50,7 @@ from lucid_fx._src.core.validation import (
     check_float_dtype,
     check_float_leaves,
     check_hyperparameter,
+    check_real_leaves,
     check_state,
     check_update_trees,
     is_static_zero,
@@ -470,6 +472,8 @@ def kernel_transform(
 
     def init(params: Params) -> State:
         check_float_leaves(name, params)
+        if declared.real_only:
+            check_real_leaves(state_type.__name__.removesuffix("State"), params)
         make: Callable[..., State] = state_type  # a NamedTuple: called with its fields
         return make(
             step=jnp.zeros((), jnp.int32),
