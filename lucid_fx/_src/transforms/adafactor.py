@@ -124,19 +124,22 @@ def adafactor_kernel(
     rho = jnp.minimum(h(lr), 1 / jnp.sqrt(t))  # relative step size, capped by lr
     alpha = jnp.maximum(h(eps2), _rms(param.astype(compute))) * rho
     eps1 = jnp.finfo(param.dtype).eps if eps1 is None else eps1
-    if g.ndim >= 2:
-        new_row = lerp(row_var.astype(compute), _mean_of_squares(g, -1), one_minus_beta2)
-        new_col = lerp(col_var.astype(compute), _mean_of_squares(g, -2), one_minus_beta2)
-        new_row, new_col = new_row.astype(row_var.dtype), new_col.astype(col_var.dtype)
+    new_row: jax.Array | None = None
+    new_col: jax.Array | None = None
+    new_variance: jax.Array | None = None
+    if row_var is not None and col_var is not None:  # two or more dimensions
+        new_row = lerp(row_var.astype(compute), _mean_of_squares(g, -1), one_minus_beta2).astype(
+            row_var.dtype)
+        new_col = lerp(col_var.astype(compute), _mean_of_squares(g, -2), one_minus_beta2).astype(
+            col_var.dtype)
         rows, cols = new_row.astype(compute), new_col.astype(compute)
         # R·C / max(mean(R), ε₁): torch's row_var @ col_var, an outer product
         estimate = (rows * cols) / jnp.maximum(jnp.mean(rows, axis=-2, keepdims=True), h(eps1))
-        new_variance = None
     else:
+        assert variance is not None  # the schema gives a vector or a number its V
         new_variance = lerp(variance.astype(compute), g * g, one_minus_beta2).astype(
             variance.dtype)
         estimate = new_variance.astype(compute)
-        new_row = new_col = None
     update = jax.lax.rsqrt(jnp.maximum(estimate, h(eps1) * h(eps1))) * g
     denom = jnp.maximum(1, _rms(update) / h(d))  # update clipping at RMS d
     return (-alpha / denom) * update, new_row, new_col, new_variance
