@@ -19,7 +19,7 @@ from lucid_fx._src.core.base import (
     stateless,
 )
 from lucid_fx._src.core.publishing import publish
-from lucid_fx._src.interop.weights import load_values, values
+from lucid_fx._src.stateful.weights import load_values, values
 from lucid_fx._src.scale.dispatch import limit_in_flight
 from lucid_fx._src.scale.flat import FlatLayout, flatten
 from lucid_fx._src.stateful.autodiff import Parameter, backward, named_parameters, parameters

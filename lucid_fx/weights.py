@@ -26,7 +26,7 @@ Example:
 """
 
 from lucid_fx._src.core.publishing import publish
-from lucid_fx._src.interop.weights import (
+from lucid_fx._src.stateful.weights import (
     load_state_dict,
     load_values,
     state_dict,

@@ -10,7 +10,7 @@ thin public modules (docs/development.md draws it). The rules, read from every
 - interop's torch formats build on the core alone, and know no single algorithm;
 - the stateful face builds on everything below it, and only its class declarations
   (``stateful/optimizers.py``) know the algorithms;
-- model weights (``interop/weights.py``) and torch's schedulers sit on the stateful face;
+- torch's schedulers sit on the stateful face;
 - the public modules re-export ``_src``; nothing in ``_src`` imports them.
 
 And there are no import cycles, and no module assigns another object's private
@@ -61,8 +61,6 @@ def _layer(module: str) -> str:
         return "public"
     if parts[2] == "schedules":
         return "schedulers" if parts[-1] == "lr_scheduler" else "schedules"
-    if parts[2] == "interop":
-        return "weights" if parts[-1] == "weights" else "interop"
     return parts[2]
 
 
@@ -74,10 +72,9 @@ ALLOWED = {
     "scale": {"core"},
     "interop": {"core"},
     "stateful": {"core", "transforms", "scale", "interop"},
-    "weights": {"core", "interop", "stateful"},
     "schedulers": {"core", "schedules", "stateful"},
-    "public": {"core", "transforms", "schedules", "scale", "interop", "stateful", "weights",
-               "schedulers", "public"},
+    "public": {"core", "transforms", "schedules", "scale", "interop", "stateful", "schedulers",
+               "public"},
 }
 
 
@@ -158,7 +155,8 @@ def test_no_module_writes_another_objects_private_attributes(module: str) -> Non
 def test_the_checks_can_fail(tmp_path: Path) -> None:
     """The private-write rule on a made-up module that breaks it, and the layers' table."""
     assert _layer("lucid_fx._src.core.base") == "core"
-    assert _layer("lucid_fx._src.interop.weights") == "weights"
+    assert _layer("lucid_fx._src.stateful.weights") == "stateful"
+    assert _layer("lucid_fx._src.schedules.lr_scheduler") == "schedulers"
     assert "stateful" not in ALLOWED["transforms"] and "stateful" not in ALLOWED["interop"]
     probe = tmp_path / "probe.py"
     probe.write_text("p._value = 1\nsetattr(p, '_grad', 2)\nself._ok = 3\nx.__module__ = 'm'\n")

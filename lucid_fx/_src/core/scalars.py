@@ -67,8 +67,20 @@ class PreciseScalar:
     not cancelled afterwards (``1 - η·λ`` stays within an ulp of 1).
 
     The kernels need no change: they form derived scalars with ``+``, ``-``
-    and ``*`` and cast with :func:`lucid_fx._src.transforms.numerics.hyper`, which reads
-    the pair. The stateful optimizers pass their numeric hyper-parameters so.
+    and ``*`` and cast with :func:`lucid_fx._src.core.dtypes.cast_scalar`, which
+    reads the pair. The stateful optimizers pass their numeric hyper-parameters so.
+
+    What each operation keeps, with a number or another PreciseScalar (any other
+    operand, an array even 0-d, gets an ordinary array of the sum ``hi + lo``):
+
+    =====================================  ==========================================
+    ``x + y``, ``x - y``, ``-x``           exact: a PreciseScalar (two-sum)
+    ``x * y``                              a PreciseScalar at the working precision:
+                                           ``hi·hi`` is rounded (no two-product), the
+                                           cross terms kept in ``lo``
+    ``x / y``, ``x ** y``, comparisons     ``hi + lo`` in jax's float type (float32
+                                           with x64 off): as a traced float would
+    =====================================  ==========================================
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np

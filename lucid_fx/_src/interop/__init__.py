@@ -1,2 +1,1 @@
-"""Interop: torch's formats (state dicts both ways, tensors and host arrays), and a model's
-weights in and out."""
+"""Interop: torch's formats (optimizer state dicts both ways, tensors and host arrays)."""

@@ -177,7 +177,7 @@ def state_dict(tree: PyTree) -> dict[str, np.ndarray]:
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx
-      >>> from lucid_fx._src.interop.weights import state_dict
+      >>> from lucid_fx._src.stateful.weights import state_dict
       >>> model = {"fc1": {"weight": fx.Parameter(jnp.ones((1, 2))), "bias": fx.Parameter(jnp.zeros(1))}}
       >>> state_dict(model)
       {'fc1.bias': array([0.], dtype=float32), 'fc1.weight': array([[1., 1.]], dtype=float32)}
@@ -202,7 +202,7 @@ def load_state_dict(tree: PyTree, state_dict: Mapping[str, Any]) -> None:
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, lucid_fx as fx
-      >>> from lucid_fx._src.interop.weights import load_state_dict
+      >>> from lucid_fx._src.stateful.weights import load_state_dict
       >>> model = {"v": fx.Parameter(jnp.zeros(2)), "w": fx.Parameter(jnp.zeros(2))}
       >>> load_state_dict(model, {"w": np.ones(2, np.float32), "v": np.full(2, 2, np.float32)})
       >>> model["w"].value.tolist(), model["v"].value.tolist()
