@@ -30,12 +30,14 @@ from harness import (
     Row,
     Settings,
     contender,
+    copy_tree,
     format_value,
     hlo_stats,
     interleave,
     jax_loop,
     medians,
     torch,
+    torch_tensors,
     transform_step,
     triad_step,
 )
@@ -79,15 +81,6 @@ def torch_rmsprop(params: list[Any], config: dict[str, Any]) -> Any:
     )
 
 
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
-
-def _torch_tensors(arrays: list[jax.Array]) -> list[Any]:
-    dtype_of = {jnp.dtype(jnp.float32): torch.float32, jnp.dtype(jnp.bfloat16): torch.bfloat16}
-    return [
-        torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype_of[a.dtype]) for a in arrays
-    ]
 
 
 def _torch_loop(params: list[Any], grads: list[Any], config: dict[str, Any]) -> Callable[[int], None]:
@@ -123,13 +116,13 @@ def large(settings: Settings) -> list[Row]:
         hlo = {lib: hlo_stats(steps[lib], p0, txs[lib][0].init(p0), g, elements=n) for lib in txs}
         agreement = _agreement(steps, txs, p0, g, config)
         contenders = [
-            contender(lib, jax_loop(steps[lib], (_copy(p0), tx.init(p0)), g), settings)
+            contender(lib, jax_loop(steps[lib], (copy_tree(p0), tx.init(p0)), g), settings)
             for lib, (tx, _) in txs.items()
         ]
         if torch is not None:
-            params, grads = _torch_tensors([p0]), _torch_tensors([g])
+            params, grads = torch_tensors([p0]), torch_tensors([g])
             contenders.append(contender("torch", _torch_loop(params, grads, config), settings))
-        contenders.append(contender("triad", jax_loop(triad, (_copy(p0),), g), settings))
+        contenders.append(contender("triad", jax_loop(triad, (copy_tree(p0),), g), settings))
         # The stateful face on the same tensor, its gradient assigned before every step.
         contenders.append(contender(
             STATEFUL, _stateful_loop([p0], [g], by_hand=True, config=config), settings))
@@ -179,11 +172,11 @@ def _agreement(
     in tests/.
     """
     deltas = {
-        lib: np.asarray(steps[lib](_copy(p0), tx.init(p0), g)[0]) - np.asarray(p0)
+        lib: np.asarray(steps[lib](copy_tree(p0), tx.init(p0), g)[0]) - np.asarray(p0)
         for lib, (tx, _) in txs.items()
     }
     if torch is not None:
-        params, grads = _torch_tensors([p0]), _torch_tensors([g])
+        params, grads = torch_tensors([p0]), torch_tensors([g])
         _torch_loop(params, grads, config)(1)
         deltas["torch"] = params[0].numpy() - np.asarray(p0)
     scale = np.max(np.abs(deltas["lucid_fx"]))
@@ -207,13 +200,13 @@ def bf16(settings: Settings) -> list[Row]:
         tx = fx_rmsprop({}, state_dtype=state_dtype)
         step = transform_step(tx, fx.apply_updates)
         hlo[label] = hlo_stats(step, p0, tx.init(p0), g, elements=n)
-        contenders.append(contender(label, jax_loop(step, (_copy(p0), tx.init(p0)), g), settings))
+        contenders.append(contender(label, jax_loop(step, (copy_tree(p0), tx.init(p0)), g), settings))
     otx = optax_rmsprop({})
     ostep = transform_step(otx, optax.apply_updates)
     hlo["optax"] = hlo_stats(ostep, p0, otx.init(p0), g, elements=n)
-    contenders.append(contender("optax", jax_loop(ostep, (_copy(p0), otx.init(p0)), g), settings))
+    contenders.append(contender("optax", jax_loop(ostep, (copy_tree(p0), otx.init(p0)), g), settings))
     if torch is not None:
-        params, grads = _torch_tensors([p0]), _torch_tensors([g])
+        params, grads = torch_tensors([p0]), torch_tensors([g])
         contenders.append(contender("torch", _torch_loop(params, grads, {}), settings))
     p32, g32 = p0.astype(jnp.float32), g.astype(jnp.float32)
     contenders.append(contender("triad", jax_loop(triad_step(), (p32,), g32), settings))
@@ -307,18 +300,18 @@ def _tree_case(
     grads = [jnp.asarray(0.01 * rng.normal(size=s), jnp.float32) for s in shapes]
     tx = fx_rmsprop({})
     runs: dict[str, Callable[[int], None]] = {
-        "lucid_fx": jax_loop(transform_step(tx, fx.apply_updates), (_copy(params), tx.init(params)),
+        "lucid_fx": jax_loop(transform_step(tx, fx.apply_updates), (copy_tree(params), tx.init(params)),
                              grads),
     }
     otx = optax_rmsprop({})
     runs["optax"] = jax_loop(transform_step(otx, optax.apply_updates),
-                             (_copy(params), otx.init(params)), grads)
+                             (copy_tree(params), otx.init(params)), grads)
     if torch is not None:
-        runs["torch"] = _torch_loop(_torch_tensors(params), _torch_tensors(grads), {})
+        runs["torch"] = _torch_loop(torch_tensors(params), torch_tensors(grads), {})
     if flat_variants:
         wrapped = flatten(tx)
         runs["flatten(tx)"] = jax_loop(transform_step(wrapped, fx.apply_updates),
-                                       (_copy(params), wrapped.init(params)), grads)
+                                       (copy_tree(params), wrapped.init(params)), grads)
         layout = FlatLayout.of(params)
         flat = layout.pack(params)
         runs["FlatLayout"] = jax_loop(transform_step(tx, fx.apply_updates),

@@ -18,7 +18,6 @@ same numbers.
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import Row, Settings, contender, interleave, jax_loop, medians, torch, transform_step
+from harness import Row, Settings, copy_tree, jax_loop, timed, torch, torch_tensors, transform_step
 
 import lucid_fx as fx
 from lucid_fx._src.stateful.steps import CPU_COMPILER_OPTIONS
@@ -72,9 +71,6 @@ def _members() -> list[Member]:
     return [m for m in FAMILY if hasattr(fx, m.name) and hasattr(fx, m.stateful)]
 
 
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
 
 def _torch_run(member: Member, params: list[Any], grads: list[Any],
                **options: Any) -> Callable[[int], None]:
@@ -88,9 +84,6 @@ def _torch_run(member: Member, params: list[Any], grads: list[Any],
 
     return run
 
-
-def _torch_tensors(arrays: list[jax.Array]) -> list[Any]:
-    return [torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays]
 
 
 def _stateful_run(member: Member, params: list[jax.Array],
@@ -109,13 +102,6 @@ def _stateful_run(member: Member, params: list[jax.Array],
     return run
 
 
-def _time(runs: dict[str, Callable[[int], None]], settings: Settings) -> dict[str, float]:
-    contenders = [contender(label, run, settings) for label, run in runs.items()]
-    times = medians(interleave(contenders, settings))
-    del contenders
-    gc.collect()
-    return times
-
 
 def family(settings: Settings) -> list[Row]:
     """Each optimizer's functional step on a large tensor and stateful step on many small ones."""
@@ -133,23 +119,23 @@ def family(settings: Settings) -> list[Row]:
         # -- functional, one large tensor
         tx = getattr(fx, member.name)(**member.kwargs)
         runs = {"lucid_fx": jax_loop(transform_step(tx, fx.apply_updates),
-                                     (_copy(p0), tx.init(p0)), g0)}
+                                     (copy_tree(p0), tx.init(p0)), g0)}
         if jax.default_backend() == "cpu":
             runs[WITH_CPU_OPTIONS] = jax_loop(
                 transform_step(tx, fx.apply_updates, CPU_COMPILER_OPTIONS),
-                (_copy(p0), tx.init(p0)), g0)
-        runs[f"fx.{member.stateful}.step()"] = _stateful_run(member, [_copy(p0)], [g0])
+                (copy_tree(p0), tx.init(p0)), g0)
+        runs[f"fx.{member.stateful}.step()"] = _stateful_run(member, [copy_tree(p0)], [g0])
         if member.optax is not None:
             otx = member.optax()
             runs["optax"] = jax_loop(transform_step(otx, optax.apply_updates),
-                                     (_copy(p0), otx.init(p0)), g0)
+                                     (copy_tree(p0), otx.init(p0)), g0)
         if torch is not None:
-            runs["torch"] = _torch_run(member, _torch_tensors([p0]), _torch_tensors([g0]),
+            runs["torch"] = _torch_run(member, torch_tensors([p0]), torch_tensors([g0]),
                                        foreach=False)
             if member.fused:
-                runs["torch fused"] = _torch_run(member, _torch_tensors([p0]),
-                                                 _torch_tensors([g0]), fused=True)
-        times = _time(runs, settings)
+                runs["torch fused"] = _torch_run(member, torch_tensors([p0]),
+                                                 torch_tensors([g0]), fused=True)
+        times = timed(runs, settings)
         notes = "; ".join(
             f"{label} takes {times[key] / times['lucid_fx']:.2f}× ours"
             for key, label in (("torch fused", "torch fused=True"),
@@ -167,11 +153,11 @@ def family(settings: Settings) -> list[Row]:
         if member.optax is not None:
             otx = member.optax()
             runs["optax"] = jax_loop(transform_step(otx, optax.apply_updates),
-                                     (_copy(small), otx.init(small)), small_grads)
+                                     (copy_tree(small), otx.init(small)), small_grads)
         if torch is not None:
-            runs["torch"] = _torch_run(member, _torch_tensors(small), _torch_tensors(small_grads),
+            runs["torch"] = _torch_run(member, torch_tensors(small), torch_tensors(small_grads),
                                        foreach=True)
-        times = _time(runs, settings)
+        times = timed(runs, settings)
         rows.append(Row(
             case=f"{count} × {size} f32, fx.{member.stateful}.step() (grads by hand)", unit="s",
             lucid_fx=times["lucid_fx"], optax=times.get("optax"), torch=times.get("torch"),

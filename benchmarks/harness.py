@@ -9,6 +9,7 @@ conditions, which absolute times are not.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import platform
@@ -22,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import lucid_fx as fx
 
@@ -85,6 +87,26 @@ def interleave(contenders: list[Contender], settings: Settings) -> dict[str, lis
 
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def timed(runs: dict[str, Callable[[int], None]], settings: Settings) -> dict[str, float]:
+    """Median seconds per step of each ``run``, warmed up, then timed interleaved."""
+    contenders = [contender(label, run, settings) for label, run in runs.items()]
+    times = medians(interleave(contenders, settings))
+    del contenders
+    gc.collect()  # the contenders' buffers go before the next case allocates its own
+    return times
+
+
+def copy_tree(tree: Any) -> Any:
+    """A fresh copy of every array of ``tree``, for a step that donates its input."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def torch_tensors(arrays: list[jax.Array]) -> list[Any]:
+    """torch tensors of ``arrays`` (float32 or bfloat16, as each array is)."""
+    dtype_of = {jnp.dtype(jnp.float32): torch.float32, jnp.dtype(jnp.bfloat16): torch.bfloat16}
+    return [torch.from_numpy(np.array(a, dtype=np.float32)).to(dtype_of[a.dtype]) for a in arrays]
 
 
 def jax_loop(step: Callable[..., Any], carry: tuple[Any, ...], *args: Any) -> Callable[[int], None]:

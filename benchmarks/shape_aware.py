@@ -20,7 +20,6 @@ and the row says which).
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import Row, Settings, contender, interleave, jax_loop, medians, torch, transform_step
+from harness import Row, Settings, copy_tree, jax_loop, timed, torch, transform_step
 
 import lucid_fx as fx
 
@@ -52,12 +51,9 @@ def _arrays(shapes: list[tuple[int, ...]], seed: int, scale: float = 1.0) -> dic
             for i, s in enumerate(shapes)}
 
 
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
 
 def _functional(tx: Any, params: Any, grads: Any) -> Callable[[int], None]:
-    return jax_loop(transform_step(tx, optax.apply_updates), (_copy(params), tx.init(params)),
+    return jax_loop(transform_step(tx, optax.apply_updates), (copy_tree(params), tx.init(params)),
                     grads)
 
 
@@ -90,13 +86,6 @@ def _torch(cls_name: str, params: dict[str, jax.Array], grads: dict[str, jax.Arr
     return run, optimizer
 
 
-def _time(runs: dict[str, Callable[[int], None]], settings: Settings) -> dict[str, float]:
-    contenders = [contender(label, run, settings) for label, run in runs.items()]
-    times = medians(interleave(contenders, settings))
-    del contenders
-    gc.collect()
-    return times
-
 
 def _notes(times: dict[str, float], labels: dict[str, str]) -> str:
     return "; ".join(f"{text}: {times[key] / times['lucid_fx']:.2f}× ours"
@@ -119,7 +108,7 @@ def muon(settings: Settings) -> list[Row]:
     }
     if torch is not None:
         runs["torch"] = _torch("Muon", params, grads, **MUON)[0]
-    times = _time(runs, settings)
+    times = timed(runs, settings)
     notes = _notes(times, {"one by one": "one Newton–Schulz per matrix",
                            "float32": "ns_dtype=float32", "stateful": "fx.Muon.step()"})
     return [Row(
@@ -151,7 +140,7 @@ def adafactor(settings: Settings) -> list[Row]:
     if torch is not None:
         runs["torch"], torch_optimizer = _torch("Adafactor", params, grads, foreach=True,
                                                 **ADAFACTOR)
-    times = _time(runs, settings)
+    times = timed(runs, settings)
     elements = sum(int(np.prod(s)) for s in shapes)
     rows = [Row(
         case=f"Adafactor, {label} and their biases: jitted step", unit="s",
