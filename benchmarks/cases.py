@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from averaging import averaging
 from family import family
 from harness import (
     Row,
@@ -619,4 +620,5 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "family": family,
     "muon": muon,
     "adafactor": adafactor,
+    "averaging": averaging,
 }

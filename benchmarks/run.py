@@ -29,6 +29,8 @@ Cases (see ``cases.py``):
 - ``muon``, ``adafactor``: the shape-aware optimizers on a transformer's matrices,
   batched and one-by-one Newton–Schulz, and the bytes of Adafactor's state
   (``shape_aware.py``);
+- ``averaging``: an EMA update of a model's average (``swa_utils.AveragedModel``)
+  against torch's and a jitted ``tree_map`` (``averaging.py``);
 - ``zero1``: ``benchmarks/zero1.py`` (ZeRO-1 state sharding on 8 simulated
   devices) in a child process, printed as its own section after the table.
 """

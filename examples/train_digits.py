@@ -8,6 +8,8 @@ it — ``optimizer.zero_grad()``, ``loss.backward()`` (here ``fx.backward``),
     python examples/train_digits.py                      # 20 epochs, prints the test accuracy
     python examples/train_digits.py --momentum 0.9 --centered --lr 3e-4
     python examples/train_digits.py --schedule cosine   # or onecycle, step: fx.lr_scheduler
+    python examples/train_digits.py --swa                # SWA: average the weights from mid-run
+    python examples/train_digits.py --ema 0.99           # an EMA of the weights, every step
     python examples/train_digits.py --smoke              # a few steps, for CI
     python examples/train_digits.py --compile-cache ~/.cache/lucid_fx_jax   # compile once
 
@@ -20,6 +22,14 @@ run, stepped per batch), ``onecycle`` (OneCycleLR peaking at ``--lr``, per batch
 ``step`` (StepLR halving the lr every quarter of the epochs, per epoch). It only
 writes ``optimizer.param_groups``, so the step still compiles once.
 
+``--swa`` is torch's SWA recipe with ``fx.swa_utils``: after ``--swa-start`` epochs
+(default: half of them) the scheduler, if any, stops, ``SWALR`` anneals the lr to
+``--swa-lr`` (default ``--lr``) and an ``AveragedModel`` takes in the weights at the
+end of every epoch. ``--ema DECAY`` keeps an exponential moving average of the
+weights instead, updated after every step (``get_ema_multi_avg_fn(DECAY)``). Either
+way the averaged model is evaluated too, and ``main`` returns its accuracy. Each
+update of the average is one compiled call, whatever the number of Parameters.
+
 ``--compile-cache DIR`` turns on JAX's persistent compilation cache in ``DIR``: the
 first run compiles and writes there, every later run with the same shapes, versions
 and flags reads its compiled programs back instead of compiling them again.
@@ -31,6 +41,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +50,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import lucid_fx as fx
+from lucid_fx import swa_utils
 
 Model = list[dict[str, fx.Parameter]]
 
@@ -81,7 +93,8 @@ def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return train_test_split(x, y.astype(np.int32), test_size=0.2, stratify=y, random_state=seed)
 
 
-def plot_curves(losses: list[float], accuracies: list[float], path: Path) -> None:
+def plot_curves(losses: list[float], accuracies: list[float], path: Path,
+                averaged: list[float | None] | None = None, label: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +104,12 @@ def plot_curves(losses: list[float], accuracies: list[float], path: Path) -> Non
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(7, 2.8), dpi=100)
     ax_loss.plot(epochs, losses, marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="train loss")
-    ax_acc.plot(epochs, [100 * a for a in accuracies], marker="o", ms=3, color="tab:green")
+    ax_acc.plot(epochs, [100 * a for a in accuracies], marker="o", ms=3, color="tab:green",
+                label="model")
+    if averaged is not None:
+        ax_acc.plot(epochs, [np.nan if a is None else 100 * a for a in averaged], marker="s",
+                    ms=3, color="tab:purple", label=f"{label} average")
+        ax_acc.legend(fontsize=8)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)",
                title=f"test accuracy ({100 * accuracies[-1]:.1f}% at the end)")
     for ax in (ax_loss, ax_acc):
@@ -122,6 +140,22 @@ def make_scheduler(
     return None, False
 
 
+def make_average(
+    args: argparse.Namespace, model: Model, optimizer: fx.Optimizer, epochs: int
+) -> tuple[swa_utils.AveragedModel | None, swa_utils.SWALR | None, int]:
+    """The averaged model of ``--swa`` or ``--ema`` (or ``None``), SWA's SWALR, and the last
+    epoch before SWA starts (``epochs`` without SWA: the scheduler runs throughout)."""
+    if args.swa:
+        start = epochs // 2 if args.swa_start is None else args.swa_start
+        swa_lr = args.lr if args.swa_lr is None else args.swa_lr
+        return (swa_utils.AveragedModel(model),
+                swa_utils.SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=2), start)
+    if args.ema is not None:
+        ema = swa_utils.get_ema_multi_avg_fn(args.ema)
+        return swa_utils.AveragedModel(model, multi_avg_fn=ema), None, epochs
+    return None, None, epochs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -131,6 +165,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--centered", action="store_true")
     parser.add_argument("--schedule", choices=SCHEDULES, default="none",
                         help="learning-rate scheduler (default none: a constant --lr)")
+    averaging = parser.add_mutually_exclusive_group()
+    averaging.add_argument("--swa", action="store_true",
+                           help="stochastic weight averaging (torch's recipe, with SWALR)")
+    averaging.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                           help="an exponential moving average of the weights, e.g. 0.99")
+    parser.add_argument("--swa-start", type=int, default=None, metavar="EPOCH",
+                        help="--swa averages the epochs after this one (default: half)")
+    parser.add_argument("--swa-lr", type=float, default=None,
+                        help="the lr SWALR anneals to (default: --lr)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -170,6 +213,9 @@ def main(argv: list[str] | None = None) -> float:
     )
     scheduler, per_batch = make_scheduler(args.schedule, optimizer, epochs, steps_per_epoch,
                                           args.momentum)
+    averaged, swa_scheduler, swa_start = make_average(args, model, optimizer, epochs)
+    label = "swa" if args.swa else "ema"
+    averaged_accuracies: list[float | None] = []
     rng = np.random.default_rng(args.seed)
     losses: list[float] = []
     accuracies: list[float] = []
@@ -184,26 +230,44 @@ def main(argv: list[str] | None = None) -> float:
                 optimizer.zero_grad()
                 loss = fx.backward(cross_entropy, model, x_train[idx], y_train[idx])
                 optimizer.step()
-                if scheduler is not None and per_batch:
+                if scheduler is not None and per_batch and epoch <= swa_start:
                     scheduler.step()
+                if averaged is not None and not args.swa:
+                    averaged.update_parameters(model)  # EMA: after every step
                 batch_losses.append(loss)
                 if i % 5 == 0:  # reading the loss waits for the step: not every batch
                     bar.set_postfix(loss=f"{float(loss):.4f}")
-        if scheduler is not None and not per_batch:
+        if averaged is not None and swa_scheduler is not None and epoch > swa_start:
+            averaged.update_parameters(model)  # SWA: torch's recipe, once per epoch
+            swa_scheduler.step()
+        elif scheduler is not None and not per_batch:
             scheduler.step()
         losses.append(float(jnp.mean(jnp.stack(batch_losses))))
         accuracies.append(float(accuracy(values(model), x_test, y_test)))
-        tqdm.write(f"epoch {epoch:2d}: train loss {losses[-1]:.4f}  test accuracy "
-                  f"{100 * accuracies[-1]:.1f}%")
+        line = (f"epoch {epoch:2d}: train loss {losses[-1]:.4f}  test accuracy "
+                f"{100 * accuracies[-1]:.1f}%")
+        if averaged is not None and averaged.n_averaged > 0:
+            average_accuracy = float(accuracy(values(averaged.module), x_test, y_test))
+            averaged_accuracies.append(average_accuracy)
+            line += f"  ({label} average {100 * average_accuracy:.1f}%)"
+        else:
+            averaged_accuracies.append(None)
+        tqdm.write(line)
     elapsed = time.perf_counter() - start
 
-    plot_curves(losses, accuracies, args.out / "digits.png")
+    plot_curves(losses, accuracies, args.out / "digits.png",
+                averaged_accuracies if averaged is not None else None, label)
     print(f"trained {epochs} epochs in {elapsed:.1f}s")
     if scheduler is not None:
-        print(f"schedule {args.schedule}: last lr {scheduler.get_last_lr()[0]:.3g}")
+        print(f"schedule {args.schedule}: last lr {optimizer.param_groups[0]['lr']:.3g}")
     print(f"test accuracy: {100 * accuracies[-1]:.1f}%")
+    result = accuracies[-1]
+    if averaged is not None:
+        result = cast(float, averaged_accuracies[-1])
+        n = int(averaged.n_averaged)
+        print(f"{label} test accuracy: {100 * result:.1f}% ({n} model{'s' * (n != 1)} averaged)")
     print(f"wrote {args.out / 'digits.png'}")
-    return accuracies[-1]
+    return result
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ Every optimizer exists twice, over one implementation: a pure transform
 (``fx.adam(...)``: ``init``/``update`` over pytrees, the optax protocol) and
 torch's stateful class (``fx.Adam(params, ...)``: ``param_groups``, ``step()``,
 state dicts, hooks). The submodules ``lucid_fx.lr_scheduler``,
-``lucid_fx.schedules``, ``lucid_fx.weights`` and ``lucid_fx.sharding`` hold torch's
-schedulers, their functional twins, a model's weights in and out, and scale-out.
+``lucid_fx.schedules``, ``lucid_fx.swa_utils``, ``lucid_fx.weights`` and
+``lucid_fx.sharding`` hold torch's schedulers, their functional twins, weight
+averaging (SWA, EMA), a model's weights in and out, and scale-out.
 Everything under ``lucid_fx._src`` is private.
 """
 
-from lucid_fx import lr_scheduler, schedules, sharding, weights
+from lucid_fx import lr_scheduler, schedules, sharding, swa_utils, weights
 from lucid_fx._src.core.base import (
     EmptyState,
     GradientTransformation,
@@ -19,7 +20,6 @@ from lucid_fx._src.core.base import (
     stateless,
 )
 from lucid_fx._src.core.publishing import publish
-from lucid_fx._src.stateful.weights import load_values, values
 from lucid_fx._src.scale.dispatch import limit_in_flight
 from lucid_fx._src.scale.flat import FlatLayout, flatten
 from lucid_fx._src.stateful.autodiff import Parameter, backward, named_parameters, parameters
@@ -42,12 +42,20 @@ from lucid_fx._src.stateful.optimizers import (
     RMSprop,
     Rprop,
 )
+from lucid_fx._src.stateful.weights import load_values, values
 from lucid_fx._src.transforms.adadelta import AdadeltaState, adadelta
 from lucid_fx._src.transforms.adafactor import AdafactorState, adafactor
 from lucid_fx._src.transforms.adagrad import AdagradState, adagrad
 from lucid_fx._src.transforms.adam import AdamState, adam, adamw
 from lucid_fx._src.transforms.adamax import AdamaxState, adamax
 from lucid_fx._src.transforms.asgd import ASGDState, asgd
+from lucid_fx._src.transforms.averaging import (
+    AveragingState,
+    WeightAveraging,
+    ema_average,
+    swa_average,
+    weight_average,
+)
 from lucid_fx._src.transforms.clipping import clip_by_global_norm, global_norm
 from lucid_fx._src.transforms.muon import MuonState, muon
 from lucid_fx._src.transforms.nadam import NAdamState, nadam
@@ -74,6 +82,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "AdamaxState",
+    "AveragingState",
     "EmptyState",
     "FlatLayout",
     "GradientTransformation",
@@ -91,6 +100,7 @@ __all__ = [
     "Rprop",
     "RpropState",
     "SGDState",
+    "WeightAveraging",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -104,6 +114,7 @@ __all__ = [
     "clip_by_global_norm",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "ema_average",
     "flatten",
     "global_norm",
     "identity",
@@ -121,7 +132,10 @@ __all__ = [
     "sgd",
     "sharding",
     "stateless",
+    "swa_average",
+    "swa_utils",
     "values",
+    "weight_average",
     "weights",
 ]
 

@@ -21,6 +21,7 @@ from lucid_fx._src.stateful.optimizer import Optimizer
 from lucid_fx._src.stateful.tracing import check_eager
 
 __all__ = [
+    "SWALR",
     "ChainedScheduler",
     "ConstantLR",
     "CosineAnnealingLR",
@@ -1079,6 +1080,78 @@ class NoamScheduler(LRScheduler):
         step = max(1, self.last_epoch)
         scale = self.d_model ** (-0.5) * min(step ** (-0.5), step * self.warmup_steps ** (-1.5))
         return [scale] * len(self.optimizer.param_groups)
+
+
+class SWALR(LRScheduler):
+    r"""Anneals each group's lr to ``swa_lr`` over ``anneal_epochs`` steps, then holds it: torch's
+    ``swa_utils.SWALR``, public in :mod:`lucid_fx.swa_utils`.
+
+    ``SWALR(optimizer, swa_lr, anneal_epochs=10, anneal_strategy="cos",
+    last_epoch=-1)``; ``swa_lr`` one number >= 0 for every group or one per
+    group (kept in each group as ``"swa_lr"``), ``anneal_epochs`` an integer >= 0,
+    ``anneal_strategy`` ``"cos"`` or ``"linear"``. From the lr L that the groups
+    have when it starts, at its t-th step::
+
+        α(τ) = (1 - cos(π·τ)) / 2   ("cos")   or   τ   ("linear")
+        lr_t = swa_lr · α(min(1, t / anneal_epochs)) + L · (1 - α(min(1, t / anneal_epochs)))
+
+    It works recursively, as torch's does (each step recovers L from the current
+    lr), in the same floating-point operations, so the sequence is torch's
+    float for float, also when another scheduler ran before it (torch's recipe:
+    a schedule until ``swa_start``, then SWALR). ``anneal_epochs=0`` jumps to
+    ``swa_lr`` at once. No functional twin.
+
+    Example:
+      >>> import jax.numpy as jnp, lucid_fx as fx
+      >>> from lucid_fx.swa_utils import SWALR
+      >>> optimizer = fx.SGD([fx.Parameter(jnp.zeros(1))], lr=1.0)
+      >>> scheduler = SWALR(optimizer, swa_lr=0.5, anneal_epochs=2, anneal_strategy="linear")
+      >>> lrs = []
+      >>> for _ in range(3):
+      ...     optimizer.step(); scheduler.step(); lrs.append(scheduler.get_last_lr()[0])
+      >>> lrs
+      [0.75, 0.5, 0.5]
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        swa_lr: float | list[float],
+        anneal_epochs: int = 10,
+        anneal_strategy: str = "cos",
+        last_epoch: int = -1,
+    ) -> None:
+        self._check_base(optimizer, last_epoch)
+        swa_lrs = _per_group("swa_lr", optimizer, swa_lr)
+        for value in swa_lrs:
+            checks.check_lr("swa_lr", value)
+        checks.check_choice("anneal_strategy", anneal_strategy, checks.ANNEAL_STRATEGIES)
+        checks.check_int("anneal_epochs", anneal_epochs, 0)
+        self._anneal_strategy = anneal_strategy
+        self.anneal_epochs = anneal_epochs
+        with _groups_restored_on_error(optimizer):
+            for group, value in zip(optimizer.param_groups, swa_lrs):
+                group["swa_lr"] = value
+            super().__init__(optimizer, last_epoch)
+
+    def _anneal(self, t: float) -> float:
+        return (1 - math.cos(math.pi * t)) / 2 if self._anneal_strategy == "cos" else t
+
+    def get_lr(self) -> list[Any]:
+        self._warn_if_outside_step()
+        step = self._step_count - 1
+        if self.anneal_epochs == 0:
+            step = max(1, step)
+        span = max(1, self.anneal_epochs)
+        before = self._anneal(max(0, min(1, (step - 1) / span)))
+        now = self._anneal(max(0, min(1, step / span)))
+        lrs = []
+        for group in self.optimizer.param_groups:
+            swa_lr = group["swa_lr"]
+            # The lr the annealing started from, recovered from the current one.
+            start = swa_lr if before == 1 else (group["lr"] - before * swa_lr) / (1 - before)
+            lrs.append(swa_lr * now + start * (1 - now))
+        return lrs
 
 
 def _check_children(who: str, schedulers: Any, optimizer: Optimizer) -> list[LRScheduler]:

@@ -36,7 +36,8 @@ Params: TypeAlias = Iterable[Parameter] | Iterable[tuple[str, Parameter]] | Iter
 
 # The keys torch's schedulers keep in a group are accepted too: resuming a
 # scheduler (last_epoch >= 0) needs initial_lr in the group from the start.
-SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"})
+SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum",
+                            "swa_lr"})
 
 # torch's implementation arguments: they choose torch's kernels, never the math. Each
 # optimizer takes those its torch class takes, in torch's positions, and keeps them in

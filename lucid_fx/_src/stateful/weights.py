@@ -61,8 +61,9 @@ def values(tree: PyTree) -> PyTree:
                         tree, is_leaf=_is_parameter)
 
 
-def _checked_array(where: str, p: Parameter, value: Any) -> Any:
-    """``value`` if it is an array of ``p``'s shape and dtype; raises otherwise."""
+def checked_array(where: str, p: Parameter | jax.Array, value: Any) -> Any:
+    """``value`` if it is an array of ``p``'s shape and dtype (``p`` a Parameter, or an array
+    leaf); raises otherwise, naming the entry ``where``. A torch tensor becomes an array."""
     if isinstance(value, Parameter):
         raise TypeError(
             f"{where} is a Parameter; expected an array: pass values(tree) rather than the tree"
@@ -81,7 +82,8 @@ def _checked_array(where: str, p: Parameter, value: Any) -> Any:
     return value
 
 
-def _same_bits(a: Any, b: Any) -> bool:
+def same_bits(a: Any, b: Any) -> bool:
+    """Whether two arrays hold the same bytes (a Parameter given twice must get one value)."""
     return bool(to_host(a).tobytes() == to_host(b).tobytes())
 
 
@@ -89,11 +91,11 @@ def _write(pairs: Sequence[tuple[str, Parameter, Any]]) -> None:
     """Checks ``(where, Parameter, array)`` triples, then writes them; all or nothing."""
     checked: dict[int, tuple[str, Parameter, Any]] = {}
     for where, p, value in pairs:
-        value = _checked_array(where, p, value)
+        value = checked_array(where, p, value)
         first = checked.get(id(p))
         if first is None:
             checked[id(p)] = (where, p, value)
-        elif first[2] is not value and not _same_bits(first[2], value):
+        elif first[2] is not value and not same_bits(first[2], value):
             raise ValueError(
                 f"{first[0]} and {where} are the same Parameter but are given different arrays"
             )
