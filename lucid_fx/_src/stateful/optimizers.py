@@ -690,7 +690,7 @@ class Muon(Optimizer):
       >>> y = x @ jax.random.normal(jax.random.key(1), (16, 8))
       >>> model = {"w": fx.Parameter(jnp.zeros((16, 8))), "b": fx.Parameter(jnp.zeros(8))}
       >>> loss_fn = lambda m: jnp.mean((x @ m["w"] + m["b"] - y) ** 2)
-      >>> hidden = fx.Muon([model["w"]], lr=0.02, weight_decay=0.0)
+      >>> hidden = fx.Muon([model["w"]], lr=0.05, weight_decay=0.0)
       >>> rest = fx.AdamW([model["b"]], lr=1e-2)
       >>> for _ in range(100):
       ...     hidden.zero_grad(); rest.zero_grad()

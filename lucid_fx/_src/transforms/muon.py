@@ -261,7 +261,7 @@ def muon(
       >>> x = jax.random.normal(jax.random.key(0), (64, 16))
       >>> y = x @ jax.random.normal(jax.random.key(1), (16, 8))
       >>> loss = lambda p: jnp.mean((x @ p["w"] - y) ** 2)
-      >>> tx = fx.muon(lr=0.02, weight_decay=0.0)
+      >>> tx = fx.muon(lr=0.05, weight_decay=0.0)
       >>> params = {"w": jnp.zeros((16, 8))}
       >>> state = tx.init(params)
       >>> for _ in range(100):
