@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hypothesis import given
+from optimizers_under_test import CompileCounter
 from hypothesis import strategies as st
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
@@ -582,3 +583,22 @@ def test_random_trees_round_trip_exactly(spec: Any, seed: int) -> None:
     load_values(target, jax.tree.map(np.asarray, values(_build(spec, rng))))
     load_values(target, pickle.loads(pickle.dumps(jax.tree.map(np.asarray, values(source)))))
     assert bits(target) == expected
+
+
+def test_a_load_into_an_optimizers_packs_compiles_nothing() -> None:
+    """Loading the weights of a hundred Parameters of a hundred shapes, held in one
+    optimizer's flat buffer, writes the buffer once from the host: no update compiled
+    per shape (it took 5.5 s when each slot was written on the device), and the next
+    step reads the loaded values."""
+    model = {f"p{i:03d}": fx.Parameter(jnp.zeros((i + 1, 3))) for i in range(100)}
+    optimizer = fx.SGD(fx.parameters(model), lr=1.0)
+    loaded = {k: np.full(p.shape, float(i), np.float32) for i, (k, p) in enumerate(model.items())}
+    with CompileCounter() as counter:
+        load_state_dict(model, loaded)
+    assert counter.names == []
+    for k, p in model.items():
+        np.testing.assert_array_equal(np.asarray(p.value), loaded[k])
+    for p in model.values():
+        p.grad = jnp.ones(p.shape)
+    optimizer.step()
+    np.testing.assert_array_equal(np.asarray(model["p007"].value), loaded["p007"] - 1)

@@ -228,6 +228,9 @@ class Layout:
         elif self.kind == "stacked":
             buffer[slot] = value
         else:
+            value = np.asarray(value)
+            if _is_complex(value.dtype) and not _is_complex(self.dtype):  # as (re, im) pairs
+                value = np.stack([value.real, value.imag], axis=-1)
             start = self.offsets[slot]
             buffer.reshape(-1)[start:start + self.sizes[slot]] = np.reshape(value, -1)
 

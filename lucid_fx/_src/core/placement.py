@@ -82,6 +82,31 @@ def zeros_like_param(param: Any, dtype: Any | None = None) -> jax.Array:
     return shard_like(param, jnp.zeros_like(param, dtype=dtype))
 
 
+def copy_array(value: Any) -> jax.Array:
+    """A private device copy of ``value`` (a JAX or NumPy array, or Python numbers), placed
+    as it is (sharding and committedness kept), compiling nothing.
+
+    Private: nobody else holds its memory, so an optimizer may donate it, and a
+    NumPy array the caller writes to later does not change it (``jnp.asarray`` may
+    alias aligned host memory on CPU). ``jnp.array(x, copy=True)`` would compile a
+    copy per shape; ``jax.device_put`` copies without compiling.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> from lucid_fx._src.core.placement import copy_array
+      >>> host = np.zeros(2, np.float32)
+      >>> device = copy_array(host)
+      >>> host[0] = 1.0
+      >>> device.tolist()
+      [0.0, 0.0]
+    """
+    if isinstance(value, jax.Array):
+        return jax.device_put(value, may_alias=False)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return jax.device_put(np.array(value))  # the host copy is ours alone
+    return jnp.asarray(value)  # Python numbers: a new array, nothing to alias
+
+
 def put_like(reference: jax.Array, value: Any) -> jax.Array:
     """A private copy of ``value`` placed as ``reference`` is: its sharding, committed or not.
 
@@ -101,13 +126,14 @@ def put_like(reference: jax.Array, value: Any) -> jax.Array:
       >>> put_like(jax.device_put(jnp.zeros(2), jax.devices()[0]), np.ones(2)).committed
       True
     """
-    if reference.committed:
-        # np.array first: device_put may alias aligned host memory even with may_alias=False.
-        source = value if isinstance(value, jax.Array) else np.array(value)
-        return jax.device_put(source, reference.sharding, may_alias=False)
-    if isinstance(value, jax.Array) and value.committed:
+    if isinstance(value, jax.Array) and value.committed and not reference.committed:
         value = to_host(value)  # the only way to an uncommitted array
-    return jnp.array(value, copy=True)
+    # np.array first: device_put may alias aligned host memory even with may_alias=False,
+    # so it gets a host copy of its own. A device_put copies without compiling anything
+    # (jnp.array(x, copy=True) compiles a copy per shape).
+    source = value if isinstance(value, jax.Array) else np.array(value)
+    return jax.device_put(source, reference.sharding if reference.committed else None,
+                          may_alias=False)
 
 
 def commit_like(reference: jax.Array, value: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import numpy as np
 from lucid_fx._src.core.base import PyTree
 from lucid_fx._src.core.layout import Layout
 from lucid_fx._src.core.naming import dotted_name
-from lucid_fx._src.core.placement import put_like, to_host
+from lucid_fx._src.core.placement import copy_array, put_like, to_host
 from lucid_fx._src.core.validation import check_flag, check_same_structure
 from lucid_fx._src.interop.host import from_torch, host_array
 from lucid_fx._src.stateful.autodiff import Parameter
@@ -315,7 +315,7 @@ class AveragedModel:
             return value if placement is None else jax.device_put(value, placement)
 
         def copy(value: Any) -> jax.Array:
-            return jnp.array(placed(value), copy=True)
+            return copy_array(placed(value))
 
         clones = [Parameter(placed(leaves[i].value)) for i in positions]  # Parameter copies
         self._kinds = tuple(
@@ -572,7 +572,7 @@ class AveragedModel:
                                  f"given different arrays")
             values[i] = value
         # Checked: now write, one host buffer and one transfer per pack.
-        hosts: dict[int, tuple[ParamPack, np.ndarray]] = {}
+        writes: dict[int, tuple[ParamPack, dict[int, Any]]] = {}
         for i, value in values.items():
             leaf = self._leaves[i]
             if not isinstance(leaf, Parameter):  # a buffer
@@ -582,12 +582,9 @@ class AveragedModel:
             if held is None:
                 leaf.value = value
                 continue
-            pack, slot = held
-            if id(pack) not in hosts:
-                hosts[id(pack)] = (pack, to_host(pack.buffer))
-            pack.layout.put(hosts[id(pack)][1], slot, value)
-        for pack, host in hosts.values():
-            pack.set_buffer(put_like(pack.buffer, host))
+            writes.setdefault(id(held[0]), (held[0], {}))[1][held[1]] = value
+        for pack, slots in writes.values():
+            pack.set_values(slots)
         self.module = jax.tree.unflatten(self._treedef, self._leaves)
         self._n = n
         return IncompatibleKeys(missing, unexpected)

@@ -29,9 +29,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol, cast
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from lucid_fx._src.core.placement import copy_array
 from lucid_fx._src.stateful.tracing import check_eager
 
 
@@ -79,7 +79,7 @@ class Parameter:
         if isinstance(value, jax.core.Tracer):
             check_eager("Parameter(...)", value)
         try:
-            value = jnp.array(value, copy=True)
+            value = copy_array(value)
         except (TypeError, ValueError) as error:
             raise TypeError(
                 f"Parameter needs an array of numbers, got {type(value).__name__}: {error}"
@@ -118,9 +118,8 @@ class Parameter:
     def value(self, value: Any) -> None:
         check_eager("Parameter.value = ...", value)
         if self._storage is None:
-            # A copy, as in __init__: on CPU, jnp.asarray may alias a NumPy array's
-            # memory, which the caller can still write to (or an optimizer donate).
-            self._value = jnp.array(value, copy=True)
+            # A copy, as in __init__: the caller may still write to (or donate) its array.
+            self._value = copy_array(value)
         else:
             self._storage.pack.set_value(self._storage.slot, value)
 

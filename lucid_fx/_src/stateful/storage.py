@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lucid_fx._src.core.layout import Layout
+from lucid_fx._src.core.placement import put_like, to_host
 from lucid_fx._src.stateful.parameter import Parameter
 
 # Parameters up to this many elements share flat buffers; larger ones keep their own
@@ -171,9 +172,24 @@ class ParamPack:
                 f"{shape} {dtype}, got {value.shape} {value.dtype}"
             )
         if self.layout.kind == "single":
-            self.set_buffer(jnp.array(value, copy=True))
+            self.set_buffer(put_like(self.buffer, value))
         else:
             self.set_buffer(_write_slots(self.buffer, self.layout, {slot: value}))
+
+    def set_values(self, values: Mapping[int, Any]) -> None:
+        """Writes several slots' values at once: on the host, then one transfer, so a load of
+        a hundred Parameters of a hundred shapes compiles nothing (a slot written on the
+        device compiles an update per shape). Values are checked by the caller."""
+        if len(values) == 1 and self.layout.kind != "single":
+            ((slot, value),) = values.items()
+            self.set_value(slot, value)  # one update on the device: no download
+            return
+        whole = len(values) == len(self.layout)
+        host = (np.empty(self.layout.buffer_shape, np.dtype(self.buffer.dtype)) if whole
+                else to_host(self.buffer))
+        for slot, value in values.items():
+            self.layout.put(host, slot, to_host(value))
+        self.set_buffer(put_like(self.buffer, host))
 
     # gradients
     def grad_of(self, slot: int) -> jax.Array | None:

@@ -9,15 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr
 
 from lucid_fx._src.core.base import PyTree
 from lucid_fx._src.core.naming import KeyPath, dotted_name
-from lucid_fx._src.core.placement import put_like, to_host
+from lucid_fx._src.core.placement import copy_array, put_like, to_host
 from lucid_fx._src.interop.host import from_torch, host_array
 from lucid_fx._src.stateful.autodiff import Parameter
+from lucid_fx._src.stateful.storage import ParamPack, held_by
 
 __all__ = ["load_state_dict", "load_values", "state_dict", "values"]
 
@@ -38,7 +38,7 @@ def _parameters_with_paths(tree: PyTree) -> list[tuple[KeyPath, Parameter]]:
 def _snapshot(p: Parameter) -> jax.Array:
     # A copy (same sharding, committed or not): an optimizer donates the buffers it
     # holds, which would delete an array returned by reference.
-    return jnp.array(p.value, copy=True)
+    return copy_array(p.value)
 
 
 def values(tree: PyTree) -> PyTree:
@@ -100,9 +100,18 @@ def _write(pairs: Sequence[tuple[str, Parameter, Any]]) -> None:
                 f"{first[0]} and {where} are the same Parameter but are given different arrays"
             )
     # Every copy is made before the first write, so a failing transfer changes nothing.
-    placed = [(p, put_like(p.value, value)) for _, p, value in checked.values()]
+    by_pack: dict[int, tuple[ParamPack, dict[int, Any]]] = {}
+    placed = []
+    for _, p, value in checked.values():
+        held = held_by(p)
+        if held is None:
+            placed.append((p, put_like(p.value, value)))
+        else:  # written into its optimizer's buffer, all of a pack's slots at once
+            by_pack.setdefault(id(held[0]), (held[0], {}))[1][held[1]] = to_host(value)
     for p, value in placed:
         p.value = value
+    for pack, values in by_pack.values():
+        pack.set_values(values)
 
 
 def load_values(tree: PyTree, values: PyTree) -> None:

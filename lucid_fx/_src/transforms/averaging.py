@@ -67,6 +67,7 @@ import jax.numpy as jnp
 
 from lucid_fx._src.core.base import Params
 from lucid_fx._src.core.dtypes import cast_scalar, compute_dtype, real_dtype
+from lucid_fx._src.core.placement import copy_array
 from lucid_fx._src.core.scalars import PreciseScalar
 from lucid_fx._src.core.validation import (
     check_float_leaves,
@@ -336,7 +337,7 @@ def weight_average(avg_fn: AvgFn | None = None,
     def init(params: Params) -> AveragingState:
         check_float_leaves("weight_average", params)
         # A copy: the caller may donate its parameters to a jitted step.
-        average = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+        average = jax.tree.map(copy_array, params)
         return AveragingState(jnp.zeros((), jnp.int32), average)
 
     def update(params: Params, state: AveragingState) -> AveragingState:
