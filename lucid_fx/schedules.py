@@ -1,7 +1,7 @@
 """Learning-rate schedules as pure functions: the functional twins of :mod:`lucid_fx._src.schedules.lr_scheduler`.
 
 Each function here is named after a scheduler class, snake-cased
-(``StepLR`` -> :func:`step_lr`), and takes that class's arguments with the
+(``StepLR`` -> :func:`step_lr`; ``swa_utils.SWALR`` -> :func:`swalr`), and takes that class's arguments with the
 optimizer replaced by ``base_lr``. It returns a schedule ``count -> lr``: a
 jit-friendly function of the step count (an int32, traced or not) for
 ``fx.rmsprop(lr=...)``, ``fx.sgd(lr=...)`` or any optax optimizer.
@@ -48,6 +48,7 @@ from lucid_fx._src.schedules.schedules import (
     polynomial_lr,
     sequential_lr,
     step_lr,
+    swalr,
 )
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "polynomial_lr",
     "sequential_lr",
     "step_lr",
+    "swalr",
 ]
 
 publish(__name__, globals(), __all__)

@@ -26,6 +26,7 @@ from hypothesis import given
 import lucid_fx as fx
 from lucid_fx import lr_scheduler as F
 from lucid_fx import schedules as S
+from lucid_fx import swa_utils
 
 BASE_LR = 0.1
 # float64 twin vs the scheduler's recursion (Python floats): the rounding of both, which
@@ -96,6 +97,16 @@ TWINS: dict[str, Twin] = {
                                  three_phase=True),
         lambda o: F.OneCycleLR(o, 0.5, epochs=4, steps_per_epoch=5, anneal_strategy="linear",
                                three_phase=True), 20),
+    "swalr": Twin(lambda b: S.swalr(b, swa_lr=0.02, anneal_epochs=5),
+                  lambda o: swa_utils.SWALR(o, swa_lr=0.02, anneal_epochs=5), 12),
+    "swalr-linear-0": Twin(lambda b: S.swalr(b, swa_lr=0.03, anneal_epochs=0,
+                                             anneal_strategy="linear"),
+                           lambda o: swa_utils.SWALR(o, swa_lr=0.03, anneal_epochs=0,
+                                                     anneal_strategy="linear"), 5),
+    "swalr-linear": Twin(lambda b: S.swalr(b, swa_lr=0.5, anneal_epochs=3,
+                                           anneal_strategy="linear"),
+                         lambda o: swa_utils.SWALR(o, swa_lr=0.5, anneal_epochs=3,
+                                                   anneal_strategy="linear"), 8),
     "noam_scheduler": Twin(lambda b: S.noam_scheduler(b, d_model=64, warmup_steps=5),
                            lambda o: F.NoamScheduler(o, d_model=64, warmup_steps=5), 20),
     "sequential_lr": Twin(
@@ -308,6 +319,11 @@ BAD: dict[str, tuple[Callable[[], Any], str]] = {
     "total-iters": (lambda: S.linear_lr(0.1, total_iters=0), r"Invalid total_iters value: 0"),
     "power": (lambda: S.polynomial_lr(0.1, power=-2.0), r"Invalid power value: -2.0"),
     "t-max": (lambda: S.cosine_annealing_lr(0.1, T_max=0), r"Invalid T_max value: 0"),
+    "swa-lr": (lambda: S.swalr(0.1, swa_lr=-1.0), r"Invalid swa_lr value: -1.0"),
+    "anneal-epochs": (lambda: S.swalr(0.1, 0.01, anneal_epochs=-1),
+                      r"Invalid anneal_epochs value: -1"),
+    "anneal-strategy": (lambda: S.swalr(0.1, 0.01, anneal_strategy="cosine"),
+                        r"Invalid anneal_strategy value: 'cosine'"),
     "t-0": (lambda: S.cosine_annealing_warm_restarts(0.1, T_0=-1), r"Invalid T_0 value: -1"),
     "mode": (lambda: S.cyclic_lr(0.1, 1.0, mode="saw"), r"Invalid mode value: 'saw'"),
     "total-steps": (lambda: S.one_cycle_lr(None, 0.5, total_steps=2),

@@ -1099,7 +1099,7 @@ class SWALR(LRScheduler):
     lr), in the same floating-point operations, so the sequence is torch's
     float for float, also when another scheduler ran before it (torch's recipe:
     a schedule until ``swa_start``, then SWALR). ``anneal_epochs=0`` jumps to
-    ``swa_lr`` at once. No functional twin.
+    ``swa_lr`` at once. Its functional twin is :func:`lucid_fx.schedules.swalr`.
 
     Example:
       >>> import jax.numpy as jnp, lucid_fx as fx

@@ -30,6 +30,7 @@ __all__ = [
     "polynomial_lr",
     "sequential_lr",
     "step_lr",
+    "swalr",
 ]
 
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
@@ -647,5 +648,36 @@ def sequential_lr(
         for milestone, part in zip(points, parts[1:]):
             lr = jnp.where(t >= milestone, jnp.asarray(part(t - milestone), _float_dtype()), lr)
         return lr
+
+    return schedule
+
+
+def swalr(base_lr: float, swa_lr: float, anneal_epochs: int = 10,
+          anneal_strategy: str = "cos") -> Schedule:
+    r"""Twin of ``lucid_fx.swa_utils.SWALR``, counted from the step SWALR starts at.
+
+    ``lr_t = swa_lr·α_t + base_lr·(1 - α_t)``, with ``α_t = (1 - cos(π·τ))/2`` (``"cos"``)
+    or ``τ`` (``"linear"``) at ``τ = min(1, t / anneal_epochs)``; ``anneal_epochs=0``
+    is ``swa_lr`` from the start. ``base_lr`` is the lr the groups have when SWALR is
+    made: in torch's recipe (another scheduler until ``swa_start``, then SWALR), the
+    first schedule's value at ``swa_start``, for example
+    ``sequential_lr(base_lr, [cosine, lambda lr: swalr(lr_at_start, ...)], [swa_start])``.
+
+    Example:
+      >>> from lucid_fx._src.schedules.schedules import swalr
+      >>> schedule = swalr(1.0, swa_lr=0.5, anneal_epochs=2, anneal_strategy="linear")
+      >>> [round(float(schedule(t)), 6) for t in range(4)]
+      [1.0, 0.75, 0.5, 0.5]
+    """
+    check_lr("base_lr", base_lr)
+    check_lr("swa_lr", swa_lr)
+    check_int("anneal_epochs", anneal_epochs, 0)
+    check_choice("anneal_strategy", anneal_strategy, ANNEAL_STRATEGIES)
+
+    def schedule(count: Any) -> jax.Array:
+        t = _count(count).astype(_float_dtype())
+        tau = jnp.minimum(1, t / anneal_epochs) if anneal_epochs else jnp.ones_like(t)
+        alpha = (1 - jnp.cos(jnp.pi * tau)) / 2 if anneal_strategy == "cos" else tau
+        return swa_lr * alpha + base_lr * (1 - alpha)
 
     return schedule
