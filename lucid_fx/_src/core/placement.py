@@ -101,6 +101,8 @@ def copy_array(value: Any) -> jax.Array:
       [0.0, 0.0]
     """
     if isinstance(value, jax.Array):
+        if not value.is_fully_addressable:  # spans several processes: a compiled copy
+            return jnp.array(value, copy=True)
         return jax.device_put(value, may_alias=False)
     if isinstance(value, (np.ndarray, np.generic)):
         return jax.device_put(np.array(value))  # the host copy is ours alone
