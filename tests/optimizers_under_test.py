@@ -1,11 +1,12 @@
 """The table of element-wise optimizers under test, and the runs that generic tests share.
 
-One :class:`Row` per functional optimizer: its factory, the ``torch.optim`` class it
-must equal, its grid of labelled hyper-parameter configurations (every flag
-combination), its float64 NumPy reference (tests/reference.py), the names of its
-per-parameter state buffers (torch's state keys), the inputs it refuses, and what its
-tests allow or expect. tests/test_family.py iterates ``ROWS``; the optimizer's own test
-file takes its row by name, for what only that optimizer has.
+One :class:`Row` per optimizer: its factory, the ``torch.optim`` class it must equal and
+the ``fx`` class over it, its grid of labelled hyper-parameter configurations (every flag
+combination) and special cases, its float64 NumPy reference (tests/reference.py), the
+inputs it refuses (:class:`Bad`), and what its tests allow or expect. Its buffers are
+what its state's schema declares. tests/test_family.py iterates ``ROWS``; the
+optimizer's own test file takes its row by name, for what only that optimizer has; and
+tests/test_reliability.py renders the rows' bad inputs into docs/errors.md.
 
 :func:`run_many` trains labelled configurations on small pytrees with precomputed
 gradients (no autodiff, so only the update rule is compared) with lucid_fx, torch and
@@ -23,7 +24,7 @@ import itertools
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -107,44 +108,51 @@ def _betas() -> list[Bad]:
     ]
 
 
-# Refused by every optimizer of the family: a string for lr, a non-bool flag, an int dtype.
+# Refused by every optimizer of the family: lr not a real number, a non-bool flag, an int dtype.
 COMMON_BAD = [
-    Bad("lr=str", {"lr": "0.1"}, r"Invalid lr value: '0\.1' \(expected a real number\)"),
+    *(Bad(f"lr={value!r}", {"lr": value},
+          rf"Invalid lr value: {re.escape(repr(value))} \(expected a real number\)")
+      for value in ("0.1", True, 1 + 1j, None)),
     Bad("maximize=1", {"maximize": 1}, r"Invalid maximize value: 1 \(expected True or False\)"),
-    Bad("skip_nonfinite=str", {"skip_nonfinite": "yes"},
-        r"Invalid skip_nonfinite value: 'yes' \(expected True or False\)"),
-    Bad("skip_nonfinite=None", {"skip_nonfinite": None},
-        r"Invalid skip_nonfinite value: None \(expected True or False\)"),
-    Bad("state_dtype=int8", {"state_dtype": np.int8},
-        r"Invalid state_dtype value: .*int8.* \(expected None or a floating-point dtype\)"),
+    Bad("maximize=str", {"maximize": "no"},
+        r"Invalid maximize value: 'no' \(expected True or False\)"),
+    *(Bad(f"skip_nonfinite={value!r}", {"skip_nonfinite": value},
+          rf"Invalid skip_nonfinite value: {re.escape(repr(value))} \(expected True or False\)")
+      for value in ("yes", None, 1)),
+    *(Bad(f"state_dtype={dtype.__name__}", {"state_dtype": dtype},
+          rf"Invalid state_dtype value: .*{dtype.__name__}.* \(expected None or a floating-point "
+          r"dtype\)") for dtype in (np.int8, np.int32)),
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One optimizer under test.
+    """One optimizer under test: what tests/test_family.py runs for it.
 
     Attributes:
-      name: the functional factory's name (``fx.<name>`` once exported).
+      name: the functional factory's name (``fx.<name>``).
       factory: ``factory(**config) -> GradientTransformation``.
       torch_class: the name of the matching class in ``torch.optim``.
+      stateful: the ``fx`` class over ``factory`` (``fx.SGD`` for ``fx.sgd``).
       grid: label -> keyword arguments; every valid flag combination. The same
-        keywords go to ``factory``, to ``torch_class`` and to ``reference``.
+        keywords go to ``factory``, ``stateful``, ``torch_class`` and ``reference``.
+        The last is the richest (every buffer on): the generic tests' configuration.
       reference: ``reference(params, grads_seq, **config) -> (history, state)``
-        with torch's state keys.
-      buffers: the per-parameter state fields, named as torch's state keys.
+        with torch's state keys (tests/reference.py).
+      special_cases: labelled configurations beyond the flag grid (edge values of the
+        numbers: RMSprop's α = 0 and α = 1), run by the parity tests as the grid is.
+      bad_inputs: keyword arguments both faces refuse, with the message's pattern
+        (:class:`Bad`; ``torch_refuses`` where torch raises for them too). They also
+        make docs/errors.md's hyper-parameter rows (tests/test_reliability.py).
       torch_scale: how our buffer relates to torch's: ours = torch's × this.
       torch_complex: whether torch treats complex parameters as we do.
-      stateful: the ``fx`` class over ``factory`` (``fx.SGD`` for ``fx.sgd``), or
-        ``None`` while it has none.
-      own_parity: its parity runs live in its own test file (RMSprop's, whose cases
-        follow its API page: schedules, η inside the momentum buffer).
+      own_parity: torch differs from it on purpose where lr changes (RMSprop keeps η
+        inside its momentum buffer): its changing-lr parity runs are compared with the
+        reference only, and its own test file shows how torch differs.
       complex_labels: configurations run with complex parameters too, besides
         ``"defaults"`` and the richest (a flag the richest leaves off: SGD's nesterov).
       lrs: η step by step for the changing-lr parity runs; ``None`` where lr is
         read once, by init (Rprop's initial step size), so a schedule is refused.
-      bad_inputs: keyword arguments both faces refuse, with the message's pattern
-        (:class:`Bad`; ``torch_refuses`` where torch raises for them too).
       needs_params: (config, reason) under which ``update`` needs params, or ``None``.
       own_scale: buffers far below 1 (Adadelta's ``acc_delta`` is ~1e-6), whose error
         relative to max(1, |x|) cannot see a wrong value: also compared relative
@@ -166,16 +174,16 @@ class Row:
     name: str
     factory: Callable[..., Any]
     torch_class: str
+    stateful: type
     grid: Mapping[str, Mapping[str, Any]]
     reference: Callable[..., tuple[list[list[np.ndarray]], dict[str, Any]]]
-    buffers: tuple[str, ...]
+    special_cases: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    bad_inputs: tuple[Bad, ...] = ()
     torch_scale: Callable[[str, Mapping[str, Any]], float] = lambda key, config: 1.0
     torch_complex: bool = True
-    stateful: type | None = None
     own_parity: bool = False
     complex_labels: tuple[str, ...] = ()
     lrs: tuple[float, ...] | None = None
-    bad_inputs: tuple[Bad, ...] = ()
     needs_params: tuple[Mapping[str, Any], str] | None = ({"weight_decay": 0.1},
                                                            "weight_decay is non-zero")
     own_scale: tuple[str, ...] = ()
@@ -190,11 +198,23 @@ class Row:
         return list(self.grid)[-1]
 
     @property
+    def buffers(self) -> tuple[str, ...]:
+        """The per-parameter state arrays torch has too (its state keys), as the state's
+        schema declares them."""
+        return tuple(name for name, field in schema.of(self.factory).fields.items()
+                     if field.kind == "array" and field.torch_key)
+
+    @property
     def scalars(self) -> tuple[str, ...]:
         """The per-parameter 0-d state fields other than the step count (NAdam's
         ``mu_product``, ASGD's ``eta`` and ``mu``), as the state's schema declares them."""
         return tuple(name for name, field in schema.of(self.factory).fields.items()
                      if field.kind == "scalar" and name != "step")
+
+    @property
+    def configs(self) -> dict[str, Mapping[str, Any]]:
+        """The grid, then the special cases: every configuration the parity tests run."""
+        return {**self.grid, **self.special_cases}
 
 
 def _product_grid(
@@ -240,6 +260,34 @@ def _falling(lr: float, jump: float) -> tuple[float, ...]:
     return tuple(lr * 0.8**t if t % 5 else jump for t in range(STEPS))
 
 
+SGD_BAD = [
+    # torch checks `x < 0.0`, which nan passes: it refuses the negative values only.
+    *(bad._replace(torch_refuses="nan" not in bad.label)
+      for bad in _nonnegative(lr=-0.1, momentum=-0.9, weight_decay=-1e-4)),
+    *(_refused("dampening", value, "expected a real number", torch_refuses=False)
+      for value in (math.nan, "0.1")),
+    # Complete: written into a group whose momentum is 0.9, they still say the same.
+    Bad("nesterov without momentum", {"nesterov": True, "momentum": 0, "dampening": 0},
+        r"Invalid nesterov value: True \(Nesterov momentum needs momentum > 0 and dampening = 0; "
+        r"got momentum=0, dampening=0\)", torch_refuses=True),
+    Bad("nesterov with dampening", {"nesterov": True, "momentum": 0.9, "dampening": 0.1},
+        r"Invalid nesterov value: True .*got momentum=0\.9, dampening=0\.1\)", torch_refuses=True),
+    Bad("nesterov=1", {"nesterov": 1}, r"Invalid nesterov value: 1 \(expected True or False\)"),
+]
+ADAM_BAD = [
+    *_nonnegative(lr=-0.1, eps=-1e-08, weight_decay=-1e-4), *_betas(),
+    Bad("amsgrad=str", {"amsgrad": "yes"},
+        r"Invalid amsgrad value: 'yes' \(expected True or False\)"),
+]
+RMSPROP_BAD = [
+    *_nonnegative(lr=-0.1, eps=-1e-08, momentum=-0.9, weight_decay=-1e-4),
+    *(_refused("alpha", value, "expected a number in [0.0, 1.0]", torch_refuses=value != 1.5)
+      for value in (-0.5, 1.5, math.nan)),
+    Bad("alpha=[0.9]", {"alpha": [0.9]},
+        r"Invalid alpha value: expected a scalar hyper-parameter, got an array of shape \(1,\)"),
+    Bad("centered=str", {"centered": "no"},
+        r"Invalid centered value: 'no' \(expected True or False\)"),
+]
 ADAGRAD_BAD = [
     *_nonnegative(lr=-0.1, lr_decay=-0.1, weight_decay=-0.1, initial_accumulator_value=-0.1,
                   eps=-0.1),
@@ -284,51 +332,59 @@ ASGD_BAD = [
 ]
 
 ROWS: dict[str, Row] = {
-    "sgd": Row("sgd", sgd, "SGD", _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
-               sgd_reference, ("momentum_buffer",), stateful=fx.SGD, lrs=_falling(0.05, 0.2),
+    "sgd": Row("sgd", sgd, "SGD", fx.SGD, _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
+               sgd_reference, bad_inputs=(*SGD_BAD, *COMMON_BAD), lrs=_falling(0.05, 0.2),
                complex_labels=("momentum=0.9,nesterov=True,maximize=True",),
                # measured 1.0 and 2.6: momentum with weight decay and maximize
                faces_ulps={"value": 2, "momentum_buffer": 4}),
-    "adam": Row("adam", adam, "Adam", _product_grid(ADAM_AXES, {"lr": 0.01}),
-                adam_reference, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.Adam,
+    "adam": Row("adam", adam, "Adam", fx.Adam, _product_grid(ADAM_AXES, {"lr": 0.01}),
+                adam_reference, bad_inputs=(*ADAM_BAD, DECOUPLED_BAD, *COMMON_BAD),
                 lrs=_falling(0.01, 0.05)),
-    "adamw": Row("adamw", adamw, "AdamW", _product_grid(ADAMW_AXES, {"lr": 0.01}),
+    # fx.AdamW fixes decoupled_weight_decay=True, as torch's AdamW: no DECOUPLED_BAD.
+    "adamw": Row("adamw", adamw, "AdamW", fx.AdamW, _product_grid(ADAMW_AXES, {"lr": 0.01}),
                  lambda *a, **k: adam_reference(*a, decoupled_weight_decay=True, **k),
-                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), stateful=fx.AdamW,
-                 lrs=_falling(0.01, 0.05)),
+                 bad_inputs=(*ADAM_BAD, *COMMON_BAD), lrs=_falling(0.01, 0.05)),
     # The page puts η inside RMSprop's momentum buffer, torch keeps it out: with a
-    # constant η, ours is torch's × η. torch treats complex as real pairs, the design |g|².
-    "rmsprop": Row("rmsprop", fx.rmsprop, "RMSprop",
+    # constant η, ours is torch's × η. torch treats complex as real pairs, the page |g|².
+    # α = 0 (v is the last g²) and α = 1 (v stays 0: the step is η·g/ε) are edges of its
+    # numbers that no flag reaches; a larger η (float32 errors grow with the step's size,
+    # so the grid's tolerance holds at η = 0.5 only without momentum).
+    "rmsprop": Row("rmsprop", fx.rmsprop, "RMSprop", fx.RMSprop,
                    _product_grid(RMSPROP_AXES, {"lr": 0.01}),
                    lambda params, grads, **k: reference_run(params, grads, **k),
-                   ("square_avg", "grad_avg", "momentum_buffer"),
+                   special_cases={
+                       "alpha=0.5,eps=1e-3": {"lr": 0.01, "alpha": 0.5, "eps": 1e-3},
+                       "alpha=0,momentum=0.5": {"lr": 0.01, "alpha": 0.0, "momentum": 0.5},
+                       "alpha=1,eps=0.1": {"lr": 0.01, "alpha": 1.0, "eps": 0.1},
+                       "lr=0.5,centered,alpha=0.9": {"lr": 0.5, "centered": True, "alpha": 0.9},
+                   },
+                   bad_inputs=(*RMSPROP_BAD, *COMMON_BAD), lrs=_falling(0.01, 0.05),
                    torch_scale=lambda key, c: c["lr"] if key == "momentum_buffer" else 1.0,
-                   torch_complex=False, stateful=fx.RMSprop, own_parity=True),
+                   torch_complex=False, own_parity=True),
     # -- the rest of the family: Adagrad, Adadelta, Adamax, Rprop
     # lr_decay, weight_decay and initial_accumulator_value each change the traced code.
-    "adagrad": Row("adagrad", fx.adagrad, "Adagrad", _product_grid(
+    "adagrad": Row("adagrad", fx.adagrad, "Adagrad", fx.Adagrad, _product_grid(
         {"lr_decay": (0, 0.05), "weight_decay": (0, 0.1),
          "initial_accumulator_value": (0, 0.1), "maximize": (False, True)}, {"lr": 0.05}),
-        adagrad_reference, ("sum",), stateful=fx.Adagrad, lrs=_falling(0.05, 0.1),
+        adagrad_reference, lrs=_falling(0.05, 0.1),
         bad_inputs=(*ADAGRAD_BAD, *COMMON_BAD), torch_state_at_construction=True),
     # lr ≠ 1 so that where η is applied (to Δx only, never inside u) is tested.
-    "adadelta": Row("adadelta", fx.adadelta, "Adadelta", _product_grid(
+    "adadelta": Row("adadelta", fx.adadelta, "Adadelta", fx.Adadelta, _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.5}),
-        adadelta_reference, ("square_avg", "acc_delta"), stateful=fx.Adadelta,
-        lrs=_falling(0.5, 1.0), bad_inputs=(*ADADELTA_BAD, *COMMON_BAD), own_scale=("acc_delta",),
+        adadelta_reference, lrs=_falling(0.5, 1.0), bad_inputs=(*ADADELTA_BAD, *COMMON_BAD),
+        own_scale=("acc_delta",),
         # measured 0.5 and 2.1 (acc_delta's in its own ulps), in the late group's pack
         faces_ulps={"square_avg": 1, "acc_delta": 4}),
-    "adamax": Row("adamax", fx.adamax, "Adamax", _product_grid(
+    "adamax": Row("adamax", fx.adamax, "Adamax", fx.Adamax, _product_grid(
         {"weight_decay": (0, 0.1), "maximize": (False, True)}, {"lr": 0.01}),
-        adamax_reference, ("exp_avg", "exp_inf"), stateful=fx.Adamax, lrs=_falling(0.01, 0.05),
+        adamax_reference, lrs=_falling(0.01, 0.05),
         bad_inputs=(*_nonnegative(lr=-0.1, eps=-0.1, weight_decay=-0.1), *_betas(), *COMMON_BAD)),
     # The narrow step_sizes and wide etas make both clamps bind within 20 steps. Rprop reads
     # lr once, in init (the initial step size): no schedule, and no weight decay.
-    "rprop": Row("rprop", fx.rprop, "Rprop", _product_grid(
+    "rprop": Row("rprop", fx.rprop, "Rprop", fx.Rprop, _product_grid(
         {"etas": ((0.5, 1.2), (0.25, 1.5)), "step_sizes": ((1e-6, 50), (1e-3, 0.02)),
          "maximize": (False, True)}, {"lr": 0.01}),
-        rprop_reference, ("prev", "step_size"), stateful=fx.Rprop,
-        bad_inputs=(*RPROP_BAD, *COMMON_BAD), needs_params=None,
+        rprop_reference, bad_inputs=(*RPROP_BAD, *COMMON_BAD), needs_params=None,
         # XLA:CPU recomputes the new step size in the θ loop and in the state's loops,
         # which read the old state after one of them overwrote it: region analysis
         # removes one of its two copies, not the other.
@@ -338,25 +394,25 @@ ROWS: dict[str, Row] = {
     # they are real numbers, not parameter-shaped in the parameter's dtype, which the dtype
     # tests of test_family assume; Row.scalars names them, and the runs compare them too.
     # Over STEPS = 20, RAdam's ρ_t crosses 5 at t = 6 (β₂ = 0.999): both of its branches run.
-    "nadam": Row("nadam", fx.nadam, "NAdam", _product_grid(
+    "nadam": Row("nadam", fx.nadam, "NAdam", fx.NAdam, _product_grid(
         {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
          "maximize": (False, True)}, {"lr": 0.01}),
-        nadam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.NAdam, lrs=_falling(0.01, 0.05),
+        nadam_reference, lrs=_falling(0.01, 0.05),
         bad_inputs=(*_nonnegative(lr=-0.1, eps=-1e-08, weight_decay=-1e-4, momentum_decay=-4e-3),
                     *_betas(), DECOUPLED_BAD, *COMMON_BAD),
         faces_ulps={"value": 0.5}),  # measured 0.125 (float64)
-    "radam": Row("radam", fx.radam, "RAdam", _product_grid(
+    "radam": Row("radam", fx.radam, "RAdam", fx.RAdam, _product_grid(
         {"weight_decay": (0, 0.1), "decoupled_weight_decay": (False, True),
          "maximize": (False, True)}, {"lr": 0.01}),
-        radam_reference, ("exp_avg", "exp_avg_sq"), stateful=fx.RAdam, lrs=_falling(0.01, 0.05),
+        radam_reference, lrs=_falling(0.01, 0.05),
         bad_inputs=(*_nonnegative(lr=-0.1, eps=-1e-08, weight_decay=-1e-4), *_betas(),
                     DECOUPLED_BAD, *COMMON_BAD),
         faces_ulps={"value": 0.5}),  # measured 0.06
     # t0 = 5 starts the averaging (μ < 1) at step 8 of 20; λ = 0.01 makes the decay visible.
-    "asgd": Row("asgd", fx.asgd, "ASGD", _product_grid(
+    "asgd": Row("asgd", fx.asgd, "ASGD", fx.ASGD, _product_grid(
         {"t0": (1e6, 5.0), "weight_decay": (0, 0.1), "maximize": (False, True)},
         {"lr": 0.05, "lambd": 0.01}),
-        asgd_reference, ("ax",), stateful=fx.ASGD, lrs=_falling(0.05, 0.1),
+        asgd_reference, lrs=_falling(0.05, 0.1),
         bad_inputs=(*ASGD_BAD, *COMMON_BAD),
         needs_params=({}, "it decays and averages the parameters"), follows_params=("ax",)),
 }
@@ -424,6 +480,7 @@ def run_many(
     *,
     jit: bool = True,
     torch: Any = None,
+    torch_labels: Collection[str] | None = None,
     steps: int = STEPS,
     lr_per_step: Sequence[float] | Mapping[str, Sequence[float] | None] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -431,7 +488,8 @@ def run_many(
 
     Returns, per label, the worst error of each quantity: the parameters (every
     step) and each buffer (at the end) against the reference (``ref:`` prefix)
-    and torch (``torch:`` prefix), and the step count's difference (``step``).
+    and torch (``torch:`` prefix; for the labels in ``torch_labels``, all by
+    default), and the step count's difference (``step``).
     Each label seeds its own problem. With ``jit``, one jitted function runs the
     update of every config (one compilation for the whole grid: each compilation
     has a fixed cost of about 0.1 s on this CPU) and must compile once for all
@@ -497,7 +555,7 @@ def run_many(
                                                ref_state[key]))
         for key in row.scalars:  # one number for the whole run: every parameter steps
             errors[f"ref:{key}"] = max_rel_error(getattr(state, key), ref_state[key])
-        if torch is not None:
+        if torch is not None and (torch_labels is None or label in torch_labels):
             errors.update(_torch_errors(row, config, params0, grads, histories[label], state,
                                         torch, schedules.get(label)))
         report[label] = errors
@@ -563,12 +621,13 @@ def _torch_errors(
     return errors
 
 
-def side_by_side(transforms: list[Any], steps: int = STEPS) -> list[Any]:
-    """Each transform's final parameters on one problem (make_tree's, float32), every
-    transform's update in one jitted function: for agreement with another library."""
+def side_by_side(transforms: list[Any], steps: int = STEPS, dtype: Any = np.float32) -> list[Any]:
+    """Each transform's final parameters on one problem (make_tree's, float32 unless
+    ``dtype`` says otherwise), every transform's update in one jitted function: for
+    agreement with another library."""
     rng = np.random.default_rng(4)
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    grads = [make_tree(rng, np.float32) for _ in range(steps)]
+    params0 = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
+    grads = [make_tree(rng, dtype) for _ in range(steps)]
 
     @jax.jit
     def update_all(g: Any, states: list[Any], params: list[Any]) -> list[Any]:
@@ -704,7 +763,6 @@ def stateful_faces(name: str, dtype: Any, torch: Any) -> Faces:
     from lucid_fx._src.stateful.steps import compiled_step
 
     row = ROWS[name]
-    assert row.stateful is not None
     values, grads = stateful_problem(dtype)
     local = _local_grads(row, grads)
     start = {label: 0 if label == row.richest else JOIN for label in row.grid}
@@ -772,7 +830,6 @@ def _functional_faces(
     steps: a step without a gradient is taken on zeros and masked back, as the stateful
     face does for a pack. (Bit for bit the stateful face's where measured so: XLA's
     fusion of each program decides that; see Row.faces_ulps.)"""
-    assert row.stateful is not None
     zeros = set(schema.of(row.factory).switches.values()) | set(row.stateful.compiled_out_at_zero)
     static, numbers = {}, {}
     for label, config in row.grid.items():

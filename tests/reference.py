@@ -1,4 +1,4 @@
-"""Independent NumPy float64 references of RMSprop (DESIGN.md) and SGD/Adam (torch docs).
+"""Independent NumPy float64 references of the optimizers, from docs/optimizers.md's formulas.
 
 Nothing here imports lucid_fx: the reference must be able to disagree with the code
 under test. Per element, with gradient g, parameter θ, step t (0 at the first update)

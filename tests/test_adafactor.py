@@ -67,7 +67,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("dtype", [  # float64 (rounding only) is the slow tier's
+    pytest.param(d, marks=[pytest.mark.slow] if d == "float64" else []) for d in sorted(DTYPES)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_shape_matches_torch_and_the_reference(case: str, dtype: str) -> None:
     """0-d, 1-D, 2-D, 3-D and 4-D Parameters in one optimizer, eight steps, each case

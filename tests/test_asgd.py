@@ -1,6 +1,6 @@
-"""Tests of ``lucid_fx._src.transforms.asgd`` and ``fx.ASGD`` that are ASGD's own: the grid, the positional
-arguments by name, the state's layout with its per-parameter ``eta`` and ``mu`` and their
-dtype, and where the averaging starts in the stateful run.
+"""Tests of ``fx.asgd`` and ``fx.ASGD`` that are ASGD's own (docs/optimizers.md): the
+state's per-parameter ``eta`` and ``mu`` and their dtype, and where the averaging starts
+in the stateful run.
 
 tests/test_family.py runs the generic ones over the row (tests/optimizers_under_test.py):
 torch and reference parity over the grid (float32 and float64, complex, a changing lr: η_t
@@ -14,8 +14,6 @@ The grid's t0 = 5 starts the averaging (μ < 1) within the run; t0 = 1e6 keeps a
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,20 +23,6 @@ from optimizers_under_test import ROWS, stateful_faces
 from lucid_fx._src.transforms.asgd import ASGDState, asgd
 
 ROW = ROWS["asgd"]
-
-
-def test_grid_covers_every_flag_combination() -> None:
-    assert len(ROW.grid) == 8 and ROW.richest == "t0=5.0,weight_decay=0.1,maximize=True"
-    assert ROW.scalars == ("eta", "mu")
-
-
-def test_positional_arguments() -> None:
-    """torch's ASGD takes foreach, maximize, ... by position after weight_decay; here
-    maximize is keyword-only, as for every fx optimizer (DESIGN.md). (test_family checks
-    the order and defaults against torch's signature.)"""
-    positional = [n for n, p in inspect.signature(asgd).parameters.items()
-                  if p.kind is p.POSITIONAL_OR_KEYWORD]
-    assert positional == ["lr", "lambd", "alpha", "t0", "weight_decay"]
 
 
 # ------------------------------------------------------------------ state and kernel

@@ -1,8 +1,9 @@
 """Tests of the autodiff bridge: ``fx.Parameter``, ``fx.parameters`` and ``fx.backward``.
 
 Gradients are checked against ``jax.grad`` of the same function written on plain
-arrays (and, for complex parameters, against the analytic torch-convention gradient),
-so these tests do not depend on how ``backward`` routes values internally.
+arrays (and, for complex parameters, against the analytic torch-convention gradient
+and torch's autograd), so these tests do not depend on how ``backward`` routes values
+internally.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizers_under_test import CompileCounter
+from optimizers_under_test import CompileCounter, one_torch_thread
+from reference import max_rel_error
 
 import lucid_fx as fx
 
 # float32 gradients from the same jax.grad math routed differently: a few ulps.
 RTOL_GRAD_F32 = 1e-6
+# float32 gradients of torch's autograd and jax's: two engines' roundings of the same sums.
+RTOL_TORCH_F32 = 5e-5
 
 
 def mse(m: dict[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
@@ -248,6 +252,30 @@ def test_backward_complex_parameters_use_torchs_convention() -> None:
     assert_close(z.grad, 2 * (z0 - c))
     assert_close(loss, np.sum(np.abs(z0 - c) ** 2))
     assert float(loss_fn(z.value - 0.1 * z.grad)) < float(loss)
+
+
+def test_complex_gradients_follow_torchs_autograd() -> None:
+    """A complex and a real Parameter in one loss: torch's autograd gives the same."""
+    torch = pytest.importorskip("torch", reason="compared with torch's autograd (the test extra)")
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((5, 3)) + 1j * rng.standard_normal((5, 3))).astype(np.complex64)
+    y = (rng.standard_normal(5) + 1j * rng.standard_normal(5)).astype(np.complex64)
+    z0 = (rng.standard_normal(3) + 1j * rng.standard_normal(3)).astype(np.complex64)
+
+    def loss_fn(m: dict[str, Any], a: Any, y: Any) -> Any:
+        residual = a @ m["z"] * m["s"] - y
+        return (residual.real ** 2 + residual.imag ** 2).sum()
+
+    model = {"z": fx.Parameter(z0), "s": fx.Parameter(np.float32(0.7))}
+    loss = fx.backward(loss_fn, model, a, y)
+    with one_torch_thread(torch):
+        z = torch.tensor(z0, requires_grad=True)
+        s = torch.tensor(np.float32(0.7), requires_grad=True)
+        torch_loss = loss_fn({"z": z, "s": s}, torch.from_numpy(a), torch.from_numpy(y))
+        torch_loss.backward()
+    assert max_rel_error(loss, torch_loss.item()) <= RTOL_TORCH_F32
+    assert max_rel_error(model["z"].grad, z.grad.numpy()) <= RTOL_TORCH_F32
+    assert max_rel_error(model["s"].grad, s.grad.numpy()) <= RTOL_TORCH_F32
 
 
 def test_backward_on_optimizer_held_parameters() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("torch", reason="the benchmark compares against torch, a test dependency")
+pytestmark = pytest.mark.slow  # the script as it is run, in a child process
 
 
 def test_quick_benchmark_reports_every_contender(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import pytest
 from flax import nnx
 from reference import RMSpropReference, max_rel_error, reference_run
 
@@ -337,6 +338,7 @@ print(json.dumps({{"restored_step": restored_step, "params": _bits(params), "sta
 """
 
 
+@pytest.mark.slow  # a child process
 def test_orbax_checkpoint_restored_in_fresh_process_continues_bit_identically(
     tmp_path: Path, run_python: Any
 ) -> None:

@@ -33,6 +33,7 @@ def _assert_png(path: Path) -> None:
     assert path.stat().st_size < 200_000
 
 
+@pytest.mark.slow  # its default length, 300 steps
 def test_quickstart_fits_the_diabetes_data_as_least_squares_does(
     load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -50,6 +51,7 @@ def test_quickstart_fits_the_diabetes_data_as_least_squares_does(
     assert best - 0.01 < r2 <= best + 1e-6, (r2, best)
 
 
+@pytest.mark.slow  # trains, and draws its curves
 def test_train_digits_smoke_prints_accuracy_and_writes_curves(
     load_example: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -62,6 +64,7 @@ def test_train_digits_smoke_prints_accuracy_and_writes_curves(
     _assert_png(tmp_path / "digits.png")
 
 
+@pytest.mark.slow  # two child processes
 def test_train_digits_compile_cache_is_written_once_and_read_after(
     tmp_path: Path, child_env: dict[str, str],
 ) -> None:
@@ -103,6 +106,7 @@ def _random_policy_mean_return(cartpole: ModuleType, episodes: int = 200) -> flo
     return total / episodes
 
 
+@pytest.mark.slow  # trains, and draws its curve
 def test_rl_cartpole_smoke_learns_and_writes_curve(
     load_example: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -179,7 +183,8 @@ def test_jax_cartpole_reset_draws_gymnasium_start_range(
 # float32 measured 0.0 (4.8e-7 at most over 3 epochs without a max-pool flip, see the
 # example): 1e-5 is 40 float32 units in the last place of the loss (~2.3). None of the
 # smoke's pool windows has its two largest values within 8e-6 of each other, so no flip.
-@pytest.mark.parametrize(("dtype", "tol"), [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize(("dtype", "tol"), [pytest.param("float64", 1e-12, marks=pytest.mark.slow),
+                                           ("float32", 1e-5)])
 def test_port_torch_cnn_smoke_matches_torch_step_for_step(
     load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
     dtype: str, tol: float,

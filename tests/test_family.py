@@ -2,16 +2,20 @@
 
 Adding an optimizer to ``optimizers_under_test.ROWS`` runs these for it:
 
-- the non-finite policy (propagate by default, skip and count with ``skip_nonfinite``)
-  and the dtype policy (low-precision parameters keep their dtype; ``state_dtype``
-  widens the state), on the row's richest configuration (the grid's last: every
-  buffer on) against the row's float64 NumPy reference;
+- the non-finite policy (propagate by default, to its own elements only; skip and
+  count with ``skip_nonfinite``), the dtype policy (low-precision parameters keep
+  their dtype; ``state_dtype`` widens the state; float32 stays float32 under x64), the
+  state at init and donated states, on the row's richest configuration (the grid's
+  last: every buffer on) against the row's float64 NumPy reference;
 - torch's signature and defaults, the stateful class's signature, None and empty
-  leaves, and every error: the row's bad inputs in both faces and written into
-  ``param_groups`` (nothing changes), torch refusing the same, update's errors;
-- parity over the whole grid with torch and the reference, float32 and float64 (in
-  this process, under ``jax.enable_x64(True)``), real and complex, constant and
-  changing lr, for the rows whose own file does not run it (``Row.own_parity``);
+  leaves, and every error: the row's bad inputs in both faces (in a group and in
+  add_param_group too) and written into ``param_groups`` (nothing changes), torch
+  refusing the same, update's errors;
+- parity over the whole grid and the special cases with torch and the reference,
+  float32 and float64 (in this process, under ``jax.enable_x64(True)``), real and
+  complex, constant and changing lr (against the reference only where torch differs
+  on purpose: ``Row.own_parity``, ``Row.torch_complex``); eagerly, and with lr
+  changed through ``optax.inject_hyperparams``;
 - the stateful face over the whole grid (one optimizer, one compiled step) against
   torch and the functional face, float32 and float64, with Parameters that join late,
   skip steps, never step, and join by add_param_group; and torch's state dicts both
@@ -23,12 +27,13 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from optimizers_under_test import (
     ROWS,
@@ -44,6 +49,7 @@ from optimizers_under_test import (
     make_tree,
     one_torch_thread,
     own_rel_error,
+    run,
     run_many,
     split,
     stateful_faces,
@@ -75,11 +81,20 @@ def _torch_keys(row: Row, state: dict[str, Any]) -> set[str]:
 
 @pytest.mark.parametrize("name", ROWS)
 def test_nonfinite_gradients_propagate_by_default(name: str) -> None:
+    """To their own elements only: in the stateful face, not to the Parameter that shares
+    their packed buffer either."""
     row = ROWS[name]
-    tx = row.factory(**row.grid[row.richest])
+    config = row.grid[row.richest]
+    tx = row.factory(**config)
     updates, state = tx.update(jnp.array([1.0, np.nan]), tx.init(jnp.ones(2)), jnp.ones(2))
     assert np.isnan(np.asarray(updates)).tolist() == [False, True]
     assert int(state.step) == 1
+    p, q = fx.Parameter(jnp.ones(2)), fx.Parameter(jnp.ones(2))
+    opt = row.stateful([p, q], **config)
+    p.grad, q.grad = jnp.array([np.nan, 1.0]), jnp.ones(2)
+    opt.step()
+    assert np.isnan(np.asarray(p.value)).tolist() == [True, False]
+    assert np.all(np.isfinite(np.asarray(q.value)))
 
 
 @functools.cache
@@ -122,8 +137,12 @@ def test_low_precision_params_keep_their_dtype(name: str, dtype: Any) -> None:
     rng = np.random.default_rng(7)
     params = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
     tx = row.factory(**row.grid[row.richest])
-    updates, state = jax.jit(tx.update)(make_tree(rng, dtype), tx.init(params), params)
-    leaves = jax.tree.leaves((updates, _buffers(row, state), fx.apply_updates(params, updates)))
+    update, state = jax.jit(tx.update), tx.init(params)
+    for _ in range(2):  # the second step from the stored buffers, the same program
+        updates, state = update(make_tree(rng, dtype), state, params)
+        params = fx.apply_updates(params, updates)
+    assert update._cache_size() == 1
+    leaves = jax.tree.leaves((updates, _buffers(row, state), params))
     assert {x.dtype for x in leaves} == {jnp.dtype(dtype)}
 
 
@@ -159,6 +178,66 @@ def test_state_dtype_float32_for_bfloat16_params(name: str) -> None:
             assert tree_error(value, ref[key]) <= RTOL_REF_F32, key
 
 
+@pytest.mark.parametrize("name", ROWS)
+def test_float32_stays_float32_under_x64(name: str) -> None:
+    """Under x64 Python numbers and schedules are 64-bit: float32 parameters still get
+    float32 updates, buffers and per-parameter scalars, an int32 step, and float32
+    accuracy."""
+    row = ROWS[name]
+    config = dict(row.grid[row.richest])
+    rng = np.random.default_rng(0)
+    params0, grads = make_tree(rng, np.float32), make_tree(rng, np.float32)
+    with jax.enable_x64(True):
+        if row.lrs is not None:  # exactly config["lr"] at the first step
+            config["lr"] = optax.exponential_decay(config["lr"], 10, 0.5)
+        params = jax.tree.map(jnp.asarray, params0)
+        tx = row.factory(**config)
+        updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+        params = fx.apply_updates(params, updates)
+    arrays = (updates, _buffers(row, state), [getattr(state, k) for k in row.scalars], params)
+    assert {x.dtype for x in jax.tree.leaves(arrays)} == {jnp.dtype(jnp.float32)}
+    assert state.step.dtype == jnp.int32
+    history, _ = row.reference(leaves64(params0), [leaves64(grads)], **row.grid[row.richest])
+    assert tree_error(params, history[-1]) <= RTOL_REF_F32
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_the_state_at_init(name: str) -> None:
+    """step is an int32 0; skipped exists with skip_nonfinite only, an int32 0; each buffer
+    is a tree like the parameters'. A number that switches a buffer on (momentum) given
+    as a jax array keeps the buffer at 0 too: under jit it may change later."""
+    row = ROWS[name]
+    params = {"w": jnp.ones(3), "b": [jnp.ones(())]}
+    plain = row.factory(**row.grid["defaults"]).init(params)
+    rich = row.factory(**row.grid[row.richest], skip_nonfinite=True).init(params)
+    for state in (plain, rich):
+        assert (state.step.dtype, int(state.step)) == (jnp.int32, 0)
+    assert plain.skipped is None
+    assert (rich.skipped.dtype, int(rich.skipped)) == (jnp.int32, 0)
+    for key in row.buffers:
+        assert jax.tree.structure(getattr(rich, key)) == jax.tree.structure(params), key
+    signature = inspect.signature(row.factory).parameters
+    for field, switch in schema.of(row.factory).switches.items():
+        if not isinstance(signature[switch].default, bool):
+            traced_zero = row.factory(**{switch: jnp.asarray(0.0)}).init(params)
+            assert getattr(traced_zero, field) is not None, field
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_donated_state_gives_the_same_result(name: str) -> None:
+    tx, update = _skipping(name)
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
+    grads = make_tree(rng, np.float32)
+    expected = update(grads, tx.init(params), params)
+    donated = tx.init(params)
+    # Donation works only if every output buffer matches an input buffer in shape and
+    # dtype; a mismatch would warn, and warnings are errors here.
+    result = jax.jit(tx.update, donate_argnums=(1,))(grads, donated, params)
+    assert all(x.is_deleted() for x in jax.tree.leaves(donated) if x.size)
+    chex.assert_trees_all_equal(result, expected)
+
+
 # ------------------------------------------------------------------ signatures, trees, errors
 
 NO_MEANING = {"params", "foreach", "fused", "differentiable", "capturable"}  # torch's own
@@ -166,9 +245,9 @@ NO_MEANING = {"params", "foreach", "fused", "differentiable", "capturable"}  # t
 
 @pytest.mark.parametrize("name", ROWS)
 def test_defaults_and_order_are_torchs(name: str) -> None:
-    """The positional arguments are torch's, with torch's defaults; ``maximize`` is
-    keyword-only, as for every fx optimizer (DESIGN.md), also where torch takes it by
-    position (ASGD, RMSprop)."""
+    """The positional arguments are torch's, with torch's defaults (docs/optimizers.md
+    gives each optimizer's); ``maximize`` is keyword-only in every factory, also where
+    torch takes it by position (ASGD, RMSprop)."""
     row = ROWS[name]
     ours = inspect.signature(row.factory).parameters
     theirs = inspect.signature(getattr(_torch().optim, row.torch_class)).parameters
@@ -289,6 +368,14 @@ def test_implementation_options_are_checked_as_torch_would(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ROWS)
+def test_the_class_takes_a_number_for_lr(name: str) -> None:
+    """A schedule goes to the functional face; the class's lr is driven by a scheduler."""
+    with pytest.raises(ValueError, match=r"takes a number for lr, not a schedule|rprop uses lr "
+                                         r"only as the initial step size, in init: pass a number"):
+        ROWS[name].stateful([fx.Parameter(jnp.ones(2))], lr=optax.constant_schedule(0.1))
+
+
+@pytest.mark.parametrize("name", ROWS)
 def test_none_leaves_zero_size_leaves_and_empty_trees(name: str) -> None:
     row = ROWS[name]
     tx = row.factory(**row.grid[row.richest], skip_nonfinite=True)
@@ -320,14 +407,40 @@ def test_update_errors_name_the_problem(name: str) -> None:
     with pytest.raises(ValueError, match=r"gradients do not match the state: \['c'\] is "
                                          r"unexpected in gradients"):
         tx.update({**params, "c": jnp.ones(1)}, tx.init(params), params)
+    with pytest.raises(ValueError, match=r"gradients do not match the state: \['b'\]\[0\] has "
+                                         r"shape \(4,\), expected \(3,\)"):
+        tx.update({"a": jnp.ones(2), "b": [jnp.ones(4)]}, tx.init(params), params)
+    with pytest.raises(TypeError, match=rf"{n} optimizes floating-point gradients only; \['a'\] "
+                                        r"has dtype int32"):
+        tx.update({**params, "a": jnp.ones(2, jnp.int32)}, tx.init(params), params)
     if row.needs_params is not None:
         needy_config, reason = row.needs_params
         needy = row.factory(**needy_config)
         with pytest.raises(ValueError, match=rf"{n}: {reason}, so update\(\) needs params"):
             needy.update(params, needy.init(params))
+        with pytest.raises(ValueError, match=r"params do not match the (state|gradients): "
+                                             r"\['b'\]\[0\] has shape \(4,\), expected \(3,\)"):
+            needy.update(params, needy.init(params), {"a": jnp.ones(2), "b": [jnp.ones(4)]})
+    if row.needs_params is None or row.needs_params[0]:  # else params are optional
+        free = row.factory(**{**config, **dict.fromkeys(row.needs_params[0] if row.needs_params
+                                                         else (), 0)})
+        updates, _ = free.update(params, free.init(params))
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
     with pytest.raises(ValueError, match=rf"the state lacks skipped, so it was made by an {n} "
                                          r"with a different skip_nonfinite"):
         row.factory(**config, skip_nonfinite=True).update(params, tx.init(params), params)
+    # A buffer a flag switches on (momentum, amsgrad, centered): a state without it is
+    # refused by a transform that has it, and the other way round.
+    plain = row.factory(**row.grid["defaults"])
+    switched = "|".join(k for k, v in plain.init(params)._asdict().items()
+                        if v is None and getattr(tx.init(params), k) is not None and k != "skipped")
+    if switched:
+        with pytest.raises(ValueError, match=rf"{n}: the state lacks ({switched}), so it was made "
+                                             rf"by an {n} with a different"):
+            tx.update(params, plain.init(params), params)
+        with pytest.raises(ValueError, match=rf"{n}: the state has ({switched}), so it was made "
+                                             rf"by an {n} with a different"):
+            plain.update(params, tx.init(params), params)
     state_type = type(tx.init(params))
     other = next(r.factory().init(params) for r in ROWS.values()
                  if type(r.factory().init(params)) is not state_type)
@@ -342,13 +455,21 @@ TORCH_REFUSES = [(name, bad) for name, bad in BAD if bad.torch_refuses]
 
 @pytest.mark.parametrize("name, bad", BAD, ids=BAD_IDS)
 def test_invalid_hyperparameters_raise_in_both_faces(name: str, bad: Bad) -> None:
+    """The factory, the class's defaults, a group's own value and add_param_group's: the
+    same error, and nothing taken over or added."""
     row = ROWS[name]
     with pytest.raises(ValueError, match=bad.pattern):
         row.factory(**bad.kwargs)
     p = fx.Parameter(jnp.ones(2))
     with pytest.raises(ValueError, match=bad.pattern):
         row.stateful([p], **bad.kwargs)
+    with pytest.raises(ValueError, match=bad.pattern):
+        row.stateful([{"params": [p], **bad.kwargs}])
     assert p.storage is None  # the Parameter was not taken over
+    opt = row.stateful([fx.Parameter(jnp.ones(2))])
+    with pytest.raises(ValueError, match=bad.pattern):
+        opt.add_param_group({"params": [p], **bad.kwargs})
+    assert len(opt.param_groups) == 1 and p.storage is None
 
 
 @pytest.mark.parametrize("name, bad", TORCH_REFUSES,
@@ -362,29 +483,39 @@ def test_torch_refuses_the_same_values(name: str, bad: Bad) -> None:
 
 # ------------------------------------------------------------------ parity over the grid
 
-PARITY = [name for name, row in ROWS.items() if not row.own_parity]
 WIDE = {np.float32: np.complex64, np.float64: np.complex128}
 
 
-def _parity_cases(row: Row, dtype: Any) -> dict[str, tuple[dict[str, Any], bool, bool]]:
-    """key -> (config, complex, changing lr). The grid at a constant lr in both dtypes,
-    and at a changing lr (where lr is not read once: a schedule for ours, param_groups
+class Case(NamedTuple):
+    config: dict[str, Any]
+    complex: bool
+    lr_changes: bool
+
+
+def _parity_cases(row: Row, dtype: Any) -> dict[str, Case]:
+    """key -> case. The grid and the special cases at a constant lr in both dtypes, and
+    at a changing lr (where lr is not read once: a schedule for ours, param_groups
     written for torch's) in float64, whose rounding-only tolerance sees a constant or a
     schedule's value reach the math in a narrower precision; the plain and the richest
     configuration (and Row.complex_labels) with complex parameters (torch's real pairs),
-    in float32 at both lrs.
-    Every case of a dtype runs in one compilation."""
+    in float32 at both lrs. Every case of a dtype runs in one compilation."""
     changing = [False] if row.lrs is None else [False, True]
     cases = {}
     for lr_changes in changing if dtype == np.float64 else [False]:
         prefix = "changing-lr:" if lr_changes else ""
-        for label, config in row.grid.items():
-            cases[prefix + label] = (dict(config), False, lr_changes)
+        for label, config in row.configs.items():
+            cases[prefix + label] = Case(dict(config), False, lr_changes)
     for lr_changes in changing if dtype == np.float32 else [False]:
         prefix = "changing-lr:" if lr_changes else ""
         for label in dict.fromkeys(("defaults", row.richest, *row.complex_labels)):
-            cases[f"complex:{prefix}{label}"] = (dict(row.grid[label]), True, lr_changes)
+            cases[f"complex:{prefix}{label}"] = Case(dict(row.grid[label]), True, lr_changes)
     return cases
+
+
+def _against_torch(row: Row, case: Case) -> bool:
+    """Whether torch computes the case as we do: not where it treats complex numbers
+    otherwise (Row.torch_complex), nor where lr changes for a Row.own_parity row."""
+    return (row.torch_complex or not case.complex) and not (row.own_parity and case.lr_changes)
 
 
 @functools.cache
@@ -393,35 +524,71 @@ def _parity(name: str, dtype: Any) -> dict[str, dict[str, float]]:
     changing lr); float64 under x64, with torch's default dtype float64."""
     torch, row = _torch(), ROWS[name]
     cases = _parity_cases(row, dtype)
-    configs = {key: config for key, (config, _, _) in cases.items()}
-    dtypes = {key: WIDE[dtype] if wide else dtype for key, (_, wide, _) in cases.items()}
-    lrs = {key: row.lrs if changing else None for key, (_, _, changing) in cases.items()}
-    torch_ok = row.torch_complex or not any(wide for _, wide, _ in cases.values())
     with jax.enable_x64(dtype == np.float64), torch_default_dtype(torch, dtype):
-        return run_many(row, configs, dtypes, torch=torch if torch_ok else None, lr_per_step=lrs)
+        return run_many(
+            row, {key: case.config for key, case in cases.items()},
+            {key: WIDE[dtype] if case.complex else dtype for key, case in cases.items()},
+            torch=torch, torch_labels={key for key, case in cases.items()
+                                       if _against_torch(row, case)},
+            lr_per_step={key: row.lrs if case.lr_changes else None
+                         for key, case in cases.items()})
 
 
-PARITY_CASES = [(name, key, dtype) for dtype in (np.float32, np.float64) for name in PARITY
+# float64 (rounding only: a wrong constant's precision shows) is the slow tier's.
+PARITY_CASES = [pytest.param(name, key, dtype, id=f"{np.dtype(dtype).name}-{name}:{key}",
+                             marks=[pytest.mark.slow] if dtype == np.float64 else [])
+                for dtype in (np.float32, np.float64) for name in ROWS
                 for key in _parity_cases(ROWS[name], dtype)]
-PARITY_IDS = [f"{np.dtype(dtype).name}-{name}:{key}" for name, key, dtype in PARITY_CASES]
 
 
 # float32: each operation rounded in the float32 formulas; float64: rounding only.
 TOLERANCES = {np.float32: (RTOL_REF_F32, RTOL_TORCH_F32), np.float64: (RTOL_REF_F64, RTOL_TORCH_F64)}
 
 
-@pytest.mark.parametrize("name, key, dtype", PARITY_CASES, ids=PARITY_IDS)
+@pytest.mark.parametrize("name, key, dtype", PARITY_CASES)
 def test_parity(name: str, key: str, dtype: Any) -> None:
     errors = _parity(name, dtype)[key]
     ref, theirs = split(errors)
     assert errors["step"] == 0
     assert ref <= TOLERANCES[dtype][0], errors
     assert theirs <= TOLERANCES[dtype][1], errors
+    if _against_torch(ROWS[name], _parity_cases(ROWS[name], dtype)[key]):
+        assert any(k.startswith("torch:") for k in errors), errors
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_eager_updates_match_like_jitted_ones(name: str) -> None:
+    """The richest configuration op by op, without jit (torch where it computes alike)."""
+    row = ROWS[name]
+    errors = run(row, row.grid[row.richest], np.float32, jit=False, torch=_torch())
+    ref, theirs = split(errors)
+    assert errors["step"] == 0
+    assert ref <= RTOL_REF_F32, errors
+    assert theirs <= RTOL_TORCH_F32, errors
+
+
+@pytest.mark.parametrize("name", [name for name, row in ROWS.items() if row.lrs is not None])
+def test_inject_hyperparams_changes_lr_without_recompiling(name: str) -> None:
+    row = ROWS[name]
+    rng = np.random.default_rng(10)
+    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
+    grads = [make_tree(rng, np.float32) for _ in range(6)]
+    lrs = [float(np.float32(lr)) for lr in row.lrs[:len(grads)]]
+    config = {**row.grid[row.richest], "lr": lrs[0]}  # init reads it (ASGD's η_0)
+    tx = optax.inject_hyperparams(row.factory, static_args=[
+        k for k, v in config.items() if isinstance(v, bool)])(**config)
+    params, state, update = params0, tx.init(params0), jax.jit(tx.update)
+    for lr, g in zip(lrs, grads):
+        state.hyperparams["lr"] = jnp.asarray(lr, jnp.float32)
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    assert update._cache_size() == 1
+    history, _ = row.reference(leaves64(params0), [leaves64(g) for g in grads],
+                               **{**config, "lr": lrs})
+    assert tree_error(params, history[-1]) <= RTOL_REF_F32
 
 
 # ------------------------------------------------------------------ the stateful face, every row
-
-STATEFUL = [name for name, row in ROWS.items() if row.stateful is not None]
 
 
 def _faces(name: str, dtype: Any) -> Faces:
@@ -474,7 +641,7 @@ def _faces_apart(name: str, errors: dict[str, float], dtype: Any) -> dict[str, f
             and error > allowed.get(key.removeprefix("functional:"), 0) * np.finfo(dtype).eps}
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_stateful_face_matches_torch_and_the_functional_face(name: str) -> None:
     """Every flag combination, each a param group of one optimizer (all but the first
     added by add_param_group mid-run), the Parameters of each packed buffer joining late,
@@ -490,7 +657,8 @@ def test_stateful_face_matches_torch_and_the_functional_face(name: str) -> None:
     assert not _faces_apart(name, errors, np.float32), errors
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ROWS)
 def test_stateful_face_matches_torch_in_float64(name: str) -> None:
     errors = _stateful_errors(name, np.float64)
     assert errors["step"] == 0, errors
@@ -511,7 +679,7 @@ def _in_torch_layout(ours: Any, scale: float) -> np.ndarray:
     return array if scale == 1.0 else (array.astype(np.float64) / scale).astype(array.dtype)
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_state_dict_round_trip(name: str) -> None:
     """Our state dict loads into an optimizer of the same groups, every entry as it was;
     the Parameter that never stepped has none (torch's indices: one per Parameter)."""
@@ -533,7 +701,7 @@ def test_state_dict_round_trip(name: str) -> None:
                     np.testing.assert_array_equal(copy.state[q][key], value, err_msg=key)
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_torch_state_dicts_load_as_they_are(name: str) -> None:
     """Each configuration's torch state dict (its late group too) loads into ours, every
     per-Parameter entry as torch's (steps as counts here, float tensors there; scaled
@@ -557,7 +725,7 @@ def test_torch_state_dicts_load_as_they_are(name: str) -> None:
                         err_msg=f"{where}: {key}")
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_torch_loads_our_state_dict_as_it_is(name: str) -> None:
     """torch's class, in the same groups as the run's optimizer, loads its torch state
     dict: every per-Parameter entry as ours, none for the Parameters that never stepped."""
@@ -581,13 +749,12 @@ def test_torch_loads_our_state_dict_as_it_is(name: str) -> None:
                         err_msg=f"{where}: {key}")
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_torch_state_dicts_load_and_export_and_the_run_continues_as_torchs(name: str) -> None:
     """torch -> fx: load torch's dict after 4 steps and go on as torch goes on; fx -> torch:
     torch loads our export and goes on as we do. Every buffer is on (the richest config)."""
     torch = _torch()
     row = ROWS[name]
-    assert row.stateful is not None
     config = row.grid[row.richest]
     values, grads = stateful_problem(np.float32)
     values, grads = values[:3], [g[:3] for g in grads[:STATEFUL_STEPS]]
@@ -671,7 +838,7 @@ def _steps(row: Row, params: dict[str, Any], opt: Any, grads: list[dict[str, np.
         opt.step()
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(name: str) -> None:
     """torch (named) -> fx -> torch (unnamed, as torch's examples build it): the run goes on
     as one torch run, though the two sides list the parameters in different orders; every
@@ -715,7 +882,7 @@ def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(name: str) -> None:
             assert (mine[key].shape, mine[key].dtype) == (tensor.shape, tensor.dtype), (n, key)
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_an_unnamed_dict_into_a_named_optimizer_warns_at_each_load(name: str) -> None:
     torch, row = _torch(), ROWS[name]
     module, _, _ = _named_runs(row)
@@ -739,7 +906,7 @@ def test_an_unnamed_dict_into_a_named_optimizer_warns_at_each_load(name: str) ->
         unnamed.torch_state_dict(param_names=["w", "v", "s"])
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_our_state_dict_goes_through_torch_save_and_the_default_torch_load(
     name: str, tmp_path: Any
 ) -> None:
@@ -789,7 +956,7 @@ def _donated_copies(name: str, platform: str) -> int:
     return len(re.findall(rf"= f32\[{COPY_ELEMENTS}\]\{{0\}} copy\(", hlo))
 
 
-@pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.parametrize("name", ROWS)
 def test_the_cpu_step_copies_no_donated_buffer(name: str) -> None:
     """A copy of a donated buffer costs a pass over it per step (ASGD's step took 3x as
     long with one): XLA:CPU inserts one where an output overwrites a buffer that another
@@ -828,7 +995,7 @@ def test_the_cpu_options_change_copies_not_numbers(name: str) -> None:
     chex.assert_trees_all_equal(*finals)
 
 
-NEVER_NEGATIVE = [(name, key, what) for name, row in ROWS.items() if row.stateful is not None
+NEVER_NEGATIVE = [(name, key, what) for name, row in ROWS.items()
                   for key, what in schema.of(row.factory).never_negative.items()]
 
 
@@ -852,8 +1019,7 @@ def test_load_refuses_a_negative_value_and_changes_nothing(name: str, key: str, 
 
 
 # Last: these write into the shared run's param_groups (and put everything back).
-@pytest.mark.parametrize("name, bad", [(n, b) for n, b in BAD if ROWS[n].stateful is not None],
-                         ids=[i for i, (n, _) in zip(BAD_IDS, BAD) if ROWS[n].stateful is not None])
+@pytest.mark.parametrize("name, bad", BAD, ids=BAD_IDS)
 def test_a_bad_value_written_into_param_groups_changes_nothing(name: str, bad: Bad) -> None:
     """Checked at step (a scheduler or a user writes param_groups), before anything moves."""
     run = _faces(name, np.float32)

@@ -38,6 +38,7 @@ DEADLINE_S = 240  # both processes together, start-up and compilation included
 # differ in the last bits; after a few steps that stays near 1e-7.
 RTOL_CROSS_HOST = 1e-5
 WORKER = Path(worker.__file__).resolve()
+pytestmark = pytest.mark.slow  # child processes, each starting jax: the slow tier's
 
 
 def _free_loopback_port() -> int:

@@ -122,6 +122,9 @@ def stateful_step(theta: np.ndarray, buffer: np.ndarray, grad: np.ndarray,
 STEPPERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "functional": functional_step, "stateful": stateful_step}
 
+# The bfloat16 iteration (torch's default) is the slow tier's: float32's runs fast.
+NS_DTYPES = [pytest.param(jnp.bfloat16, marks=pytest.mark.slow), jnp.float32]
+
 
 def nudged_distance(theta: np.ndarray, buffer: np.ndarray, grad: np.ndarray,
                     step: np.ndarray, **config: Any) -> float:
@@ -131,6 +134,7 @@ def nudged_distance(theta: np.ndarray, buffer: np.ndarray, grad: np.ndarray,
                                    - step))) for to in (np.float32(np.inf), np.float32(-np.inf)))
 
 
+@pytest.mark.slow  # the fast tier has Muon against the float64 reference, on both faces
 @pytest.mark.parametrize("face", sorted(STEPPERS))
 @pytest.mark.parametrize("ns_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 def test_matches_torch_step_by_step(ns_dtype: Any, face: str) -> None:
@@ -252,7 +256,7 @@ def _mixed_model(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
 
 
-@pytest.mark.parametrize("ns_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("ns_dtype", NS_DTYPES, ids=["bf16", "f32"])
 def test_one_batched_iteration_equals_one_by_one(ns_dtype: Any) -> None:
     """A tree's equal-shape matrices run as one stack (jax.vmap of the kernel): each
     matrix's result is what it gets alone, on each face. With the bfloat16

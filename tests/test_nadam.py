@@ -1,5 +1,5 @@
-"""Tests of ``lucid_fx._src.transforms.nadam`` and ``fx.NAdam`` that are NAdam's own: the grid, the state's
-layout with its per-parameter ``mu_product`` and that scalar's dtype, and μ_t's formula.
+"""Tests of ``fx.nadam`` and ``fx.NAdam`` that are NAdam's own (docs/optimizers.md): the
+state's per-parameter ``mu_product`` and that scalar's dtype, and μ_t's formula.
 
 tests/test_family.py runs the generic ones over the row (tests/optimizers_under_test.py):
 torch and reference parity over the grid (float32 and float64, complex, a changing lr, so
@@ -10,8 +10,6 @@ buffers that skip steps), torch's state dicts, signatures and every error in ``b
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,17 +19,6 @@ from reference import max_rel_error
 from lucid_fx._src.transforms.nadam import NAdamState, momentum_cache, nadam
 
 ROW = ROWS["nadam"]
-
-
-def test_grid_covers_every_flag_combination() -> None:
-    assert len(ROW.grid) == 8
-    assert ROW.richest == "weight_decay=0.1,decoupled_weight_decay=True,maximize=True"
-    assert ROW.scalars == ("mu_product",)
-
-
-def test_lr_default_is_the_documented_one() -> None:
-    """(Order and defaults are torch's: test_family checks them against torch's signature.)"""
-    assert inspect.signature(nadam).parameters["lr"].default == 2e-3
 
 
 # ------------------------------------------------------------------ state and kernel

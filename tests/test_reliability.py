@@ -1,7 +1,9 @@
 """Reliability: bad input, non-finite gradients, rounding, a long soak, and fuzzing.
 
 Every bad input lives in one registry, ``BAD_INPUTS``: each row says what the user
-does wrong, which exception they get and what its message says. One test body runs
+does wrong, which exception they get and what its message says. Its hyper-parameter
+rows are every optimizer's ``bad_inputs`` (tests/optimizers_under_test.py), on the
+factory and on the class; the others are written here. One test body runs
 every row against a fresh, already-trained :class:`World` and checks that the error
 is the promised one *and that nothing changed* (parameters, gradients, every buffer,
 hyper-parameters, the caller's state dict). ``docs/errors.md`` is generated from the
@@ -26,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from configs import BASIC_CONFIGS
 from hypothesis import Phase, given, settings
+from optimizers_under_test import ROWS
 from reference import RMSpropReference, max_rel_error, reference_run
 
 import lucid_fx as fx
@@ -136,40 +138,25 @@ class BadInput:
     needs_torch: bool = False
 
 
+def _given(kwargs: Mapping[str, Any]) -> str:
+    """``name=value`` as a user writes it (a dtype by its name)."""
+    return ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in kwargs.items())
+
+
 def _hyper_rows() -> list[BadInput]:
-    """Invalid hyper-parameters, on the functional factory and the stateful class alike."""
-    nan = math.nan
-    values: list[tuple[str, Any, str]] = [
-        ("lr", -0.1, r"Invalid lr value: -0\.1 \(expected a number >= 0\.0\)"),
-        ("lr", nan, r"Invalid lr value: nan \(expected a number >= 0\.0\)"),
-        ("alpha", 1.5, r"Invalid alpha value: 1\.5 \(expected a number in \[0\.0, 1\.0\]\)"),
-        ("alpha", -0.1, r"Invalid alpha value: -0\.1 \(expected a number in \[0\.0, 1\.0\]\)"),
-        ("alpha", nan, r"Invalid alpha value: nan \(expected a number in \[0\.0, 1\.0\]\)"),
-        ("eps", -1e-8, r"Invalid eps value: -1e-08 \(expected a number >= 0\.0\)"),
-        ("eps", nan, r"Invalid eps value: nan \(expected a number >= 0\.0\)"),
-        ("momentum", -0.9, r"Invalid momentum value: -0\.9 \(expected a number >= 0\.0\)"),
-        ("momentum", nan, r"Invalid momentum value: nan \(expected a number >= 0\.0\)"),
-        ("weight_decay", -1e-4,
-         r"Invalid weight_decay value: -0\.0001 \(expected a number >= 0\.0\)"),
-        ("weight_decay", nan, r"Invalid weight_decay value: nan \(expected a number >= 0\.0\)"),
-        ("lr", True, r"Invalid lr value: True \(expected a real number\)"),
-        ("lr", 1 + 1j, r"Invalid lr value: \(1\+1j\) \(expected a real number\)"),
-        ("lr", "0.01", r"Invalid lr value: '0\.01' \(expected a real number\)"),
-        ("lr", None, r"Invalid lr value: None \(expected a real number\)"),
-        ("alpha", [0.9],
-         r"Invalid alpha value: expected a scalar hyper-parameter, got an array of shape \(1,\)"),
-        ("centered", "no", r"Invalid centered value: 'no' \(expected True or False\)"),
-        ("skip_nonfinite", 1, r"Invalid skip_nonfinite value: 1 \(expected True or False\)"),
-    ]
+    """Every optimizer's invalid hyper-parameters (its row's ``bad_inputs`` in
+    tests/optimizers_under_test.py), on the functional factory and the class alike."""
     rows = []
-    for name, value, pattern in values:
-        kwargs = {name: value}
-        rows.append(BadInput(
-            f"rmsprop-{name}={value!r}", "fx.rmsprop(...)", f"`{name}={value!r}`", ValueError,
-            pattern, lambda w, kw=kwargs: fx.rmsprop(**kw)))
-        rows.append(BadInput(
-            f"RMSprop-{name}={value!r}", "fx.RMSprop(params, ...)", f"`{name}={value!r}`",
-            ValueError, pattern, lambda w, kw=kwargs: fx.RMSprop([fx.Parameter(jnp.ones(2))], **kw)))
+    for row in ROWS.values():
+        cls = row.stateful.__name__
+        for bad in row.bad_inputs:
+            given = f"`{_given(bad.kwargs)}`"
+            rows.append(BadInput(
+                f"{row.name}-{bad.label}", f"fx.{row.name}(...)", given, ValueError, bad.pattern,
+                lambda w, f=row.factory, kw=bad.kwargs: f(**kw)))
+            rows.append(BadInput(
+                f"{cls}-{bad.label}", f"fx.{cls}(params, ...)", given, ValueError, bad.pattern,
+                lambda w, c=row.stateful, kw=bad.kwargs: c([fx.Parameter(jnp.ones(2))], **kw)))
     return rows
 
 
@@ -580,7 +567,9 @@ def _functional_rows() -> list[BadInput]:
     ]
 
 
-BAD_INPUTS: list[BadInput] = _hyper_rows() + _functional_rows() + _other_rows() + _state_rows()
+HYPER_ROWS = _hyper_rows()
+HYPER_IDS = {row.id for row in HYPER_ROWS}
+BAD_INPUTS: list[BadInput] = HYPER_ROWS + _functional_rows() + _other_rows() + _state_rows()
 
 
 def _run_row(row: BadInput) -> tuple[BaseException | None, bool]:
@@ -607,6 +596,8 @@ def _params(row: BadInput) -> Any:
     marks = []
     if row.needs_torch and torch is None:
         marks.append(pytest.mark.skip(reason=NO_TORCH))
+    if row.id in HYPER_IDS:  # the fast tier has them in tests/test_family.py
+        marks.append(pytest.mark.slow)
     return pytest.param(row, id=row.id, marks=marks)
 
 
@@ -700,6 +691,7 @@ def render_errors_doc() -> str:
     return _DOC_HEADER + "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow  # every row of BAD_INPUTS again
 @pytest.mark.skipif(torch is None, reason=NO_TORCH)
 def test_errors_doc_is_current() -> None:
     expected = render_errors_doc()
@@ -710,7 +702,9 @@ def test_errors_doc_is_current() -> None:
 # ------------------------------------------------------------------ non-finite gradients
 
 
-CONFIGS = BASIC_CONFIGS
+# RMSprop's flags one by one, and the two buffers together (its row's grid).
+CONFIGS = {label: ROWS["rmsprop"].grid[label] for label in (
+    "defaults", "momentum=0.9", "centered=True", "momentum=0.9,centered=True", "weight_decay=0.1")}
 
 
 def _problem(seed: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
@@ -727,7 +721,7 @@ def _without_skipped(state: Mapping[int, Mapping[str, Any]]) -> Any:
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
 def test_stateful_skip_nonfinite_keeps_everything_and_counts(config: str, bad: float) -> None:
-    hyper = dict(lr=0.1, **CONFIGS[config])
+    hyper = {**CONFIGS[config], "lr": 0.1}
     params0, (g1, g2, g3) = _problem(1)
     params = [fx.Parameter(p) for p in params0]
     optimizer = fx.RMSprop([{"params": [params[0]]}, {"params": [params[1]]}],
@@ -756,7 +750,7 @@ def test_stateful_skip_nonfinite_keeps_everything_and_counts(config: str, bad: f
 
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
 def test_functional_skip_nonfinite_keeps_everything_and_counts(config: str) -> None:
-    hyper = dict(lr=0.1, **CONFIGS[config])
+    hyper = {**CONFIGS[config], "lr": 0.1}
     params0, (g1, g2, g3) = _problem(2)
     tx = fx.rmsprop(**hyper, skip_nonfinite=True)
     update = jax.jit(tx.update)
@@ -778,9 +772,9 @@ def test_functional_skip_nonfinite_keeps_everything_and_counts(config: str) -> N
 
 
 @pytest.mark.skipif(torch is None, reason=NO_TORCH)
-@pytest.mark.parametrize("config", ["plain", "centered+momentum"])
+@pytest.mark.parametrize("config", ["defaults", "momentum=0.9,centered=True"])
 def test_nonfinite_gradients_propagate_by_default_like_torch(config: str) -> None:
-    hyper = dict(lr=0.1, **CONFIGS[config])
+    hyper = {**CONFIGS[config], "lr": 0.1}
     params0, (g1, g2, _) = _problem(3)
     g2 = [g.copy() for g in g2]
     g2[0][0, 0], g2[0][2, 1], g2[1][1] = math.nan, math.inf, -math.inf
@@ -862,9 +856,9 @@ def _soak_gradient(t: jax.Array) -> jax.Array:
     return jnp.where(zero, 0.0, base * spike)
 
 
-@pytest.mark.parametrize("config", ["plain", "centered+momentum"])
+@pytest.mark.parametrize("config", ["defaults", "momentum=0.9,centered=True"])
 def test_soak_spikes_and_zero_runs_stay_finite_and_exact(config: str) -> None:
-    hyper = dict(lr=1e-3, weight_decay=1e-3, **CONFIGS[config])
+    hyper = {**CONFIGS[config], "lr": 1e-3, "weight_decay": 1e-3}
     tx = fx.rmsprop(**hyper)
     params0 = jnp.linspace(-1.0, 1.0, 16)
 

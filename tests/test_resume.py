@@ -20,15 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from configs import BASIC_CONFIGS
+from optimizers_under_test import ROWS
 
 import lucid_fx as fx
 
 SAVE_AT, CONTINUE = 3, 4
+# RMSprop's flags one by one, the two buffers together, and every buffer with the
+# skipped-step counter (its row's grid).
+GRID = ROWS["rmsprop"].grid
 CONFIGS: dict[str, dict[str, Any]] = {
-    **BASIC_CONFIGS,
-    "everything+skip_nonfinite": dict(centered=True, momentum=0.9, weight_decay=0.1,
-                                      skip_nonfinite=True),
+    **{label: GRID[label] for label in ("defaults", "momentum=0.9", "centered=True",
+                                        "momentum=0.9,centered=True", "weight_decay=0.1")},
+    "everything+skip_nonfinite": {**GRID["momentum=0.9,centered=True,weight_decay=0.1"],
+                                  "skip_nonfinite": True},
 }
 FORMATS = ("stateful-pickle", "functional-orbax", "functional-npz")
 
@@ -61,7 +65,7 @@ def bits(tree: Any) -> list[str]:
 def new_optimizer(config: str, values: dict[str, np.ndarray]) -> tuple[dict[str, Any], fx.RMSprop]:
     model = {name: fx.Parameter(value) for name, value in values.items()}
     optimizer = fx.RMSprop([{"params": [model["w"]]}, {"params": [model["b"]], "lr": 0.005}],
-                           lr=0.01, **CONFIGS[config])
+                           **CONFIGS[config])
     return model, optimizer
 
 
@@ -80,8 +84,7 @@ def stateful_bits(model: dict[str, Any], optimizer: fx.RMSprop) -> list[str]:
 
 
 def functional_problem(config: str) -> tuple[fx.GradientTransformation, Any]:
-    hyper = {k: v for k, v in CONFIGS[config].items()}
-    tx = fx.rmsprop(lr=0.01, **hyper)
+    tx = fx.rmsprop(**CONFIGS[config])
 
     @jax.jit
     def train_step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
@@ -140,9 +143,9 @@ def continue_from_checkpoints(directory: str) -> dict[str, Any]:
                 out[f"{fmt}/{config}"] = {"restored_steps": steps, "bits": bits([params, state])}
     # A control: the same continuation without the saved optimizer state must differ,
     # or the comparison above could not see a lost buffer.
-    model, _ = restore("stateful-pickle", "centered+momentum", Path(directory))
+    model, _ = restore("stateful-pickle", "momentum=0.9,centered=True", Path(directory))
     fresh_model, fresh_optimizer = new_optimizer(
-        "centered+momentum", {k: np.asarray(p.value) for k, p in model.items()})
+        "momentum=0.9,centered=True", {k: np.asarray(p.value) for k, p in model.items()})
     stateful_steps(fresh_model, fresh_optimizer, SAVE_AT, CONTINUE)
     out["control/no-state"] = bits({k: p.value for k, p in fresh_model.items()})
     return out
@@ -185,6 +188,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, run_python: Any) -> dict[str,
     return {"parent": uninterrupted, "child": run_python(_CHILD.format(directory=str(directory)))}
 
 
+@pytest.mark.slow  # the checkpoints are read back in a child process
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_resumed_run_is_bit_identical(runs: dict[str, Any], fmt: str, config: str) -> None:
@@ -194,6 +198,7 @@ def test_resumed_run_is_bit_identical(runs: dict[str, Any], fmt: str, config: st
     assert child["bits"] == parent["bits"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_checkpoints_hold_the_buffers_of_their_configuration(
     runs: dict[str, Any], config: str
@@ -210,9 +215,10 @@ def test_checkpoints_hold_the_buffers_of_their_configuration(
     assert {k for k, v in state._asdict().items() if v is not None} == expected
 
 
+@pytest.mark.slow
 def test_control_without_the_saved_state_differs(runs: dict[str, Any]) -> None:
     control = runs["child"]["control/no-state"]
-    resumed = runs["child"]["stateful-pickle/centered+momentum"]["bits"]
+    resumed = runs["child"]["stateful-pickle/momentum=0.9,centered=True"]["bits"]
     assert control != resumed[: len(control)]
 
 

@@ -1,17 +1,18 @@
-"""Tests of ``lucid_fx._src.transforms.rmsprop`` against the float64 NumPy reference (tests/reference.py).
+"""Tests of ``fx.rmsprop`` and ``fx.RMSprop`` that are RMSprop's own (docs/optimizers.md):
+η inside the momentum buffer (where lr changes, torch differs on purpose; hyper-parameters
+written into param_groups mid-run; buffers switched on mid-run), complex parameters with
+|g|² and a real v, the clamp of the centered variance, the rounding of one low-precision
+step, optax, and the functional face under vmap, grad and random inputs.
 
-One table of labelled cases drives the parity tests in float32 (this process) and
-float64 (in this process, under ``jax.enable_x64(True)``), and the parity with optax.
+tests/test_family.py runs the generic ones over the row (tests/optimizers_under_test.py):
+torch and reference parity over the grid and the special cases (float32 and float64,
+complex against the reference, a changing lr against the reference), the stateful face,
+torch's state dicts, signatures and every error in ``bad_inputs``.
+tests/test_torch_migration.py converts the momentum buffer by each group's lr.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import itertools
-import math
-import zlib
-from collections.abc import Callable
 from typing import Any
 
 import hypothesis.strategies as st
@@ -21,337 +22,396 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given
-from optimizers_under_test import leaves64, tree_error
-from reference import RTOL_F32, RTOL_F64, max_rel_error, reference_run
+from optimizers_under_test import (
+    ROWS,
+    RTOL_REF_F32,
+    RTOL_REF_F64,
+    RTOL_TORCH_F64,
+    CompileCounter,
+    Shape,
+    leaves64,
+    make_tree,
+    run,
+    run_many,
+    shape_trees,
+    side_by_side,
+    split,
+    torch_default_dtype,
+    tree_error,
+)
+from reference import RTOL_F32, RTOL_F64, RMSpropReference, max_rel_error, reference_run
 
 import lucid_fx as fx
+from lucid_fx._src.core.scalars import as_precise
 
+ROW = ROWS["rmsprop"]
 # Named tolerances beyond reference.RTOL_F32/RTOL_F64 (max_rel_error: |a-b| / max(1, |b|)).
 RTOL_GRAD = 1e-3  # jax.grad in float32 vs central differences of the float64 reference
 # One step relative to |update|: float32 arithmetic, then one rounding to the dtype (2 ulp).
 RTOL_ONE_STEP = {jnp.bfloat16: 2**-7, jnp.float16: 2**-10, jnp.float32: 2**-20}
+STEPS = 20
 
-SCHEDULES: dict[str, Callable[[], optax.Schedule]] = {
-    "exponential_decay": lambda: optax.exponential_decay(0.05, transition_steps=10, decay_rate=0.5),
-    "piecewise": lambda: optax.piecewise_constant_schedule(0.05, {20: 0.1, 40: 10.0}),
+
+def _torch() -> Any:
+    return pytest.importorskip("torch", reason="compared with torch (the test extra)")
+
+
+# ------------------------------------------------------------------ η inside the buffer
+
+
+def test_where_lr_changes_torch_differs_by_its_momentum_buffer_only() -> None:
+    """The page's b = μ·b + η·g/d keeps the η of earlier steps; torch's b = μ·b + g/d,
+    θ -= η·b applies today's η to all of it. With the row's changing lr (float64) both
+    equal the reference without momentum; with momentum ours does and torch is far off.
+    (At a constant lr torch equals ours: tests/test_family.py.)"""
+    torch = _torch()
+    configs = {label: ROW.grid[label] for label in ("centered=True", "momentum=0.9,centered=True")}
+    with jax.enable_x64(True), torch_default_dtype(torch, np.float64):
+        errors = run_many(ROW, configs, np.float64, torch=torch, lr_per_step=ROW.lrs)
+    plain, momentum = (split(errors[label]) for label in configs)
+    assert plain[0] <= RTOL_REF_F64 and plain[1] <= RTOL_TORCH_F64, errors
+    assert momentum[0] <= RTOL_REF_F64, errors
+    assert errors["momentum=0.9,centered=True"]["torch:params"] > 1e-3, errors
+
+
+def test_at_lr_one_the_momentum_buffer_is_torchs() -> None:
+    """η = 1: η·b_torch is b_torch, so both buffers are equal (torch_scale 1)."""
+    torch = _torch()
+    with jax.enable_x64(True), torch_default_dtype(torch, np.float64):
+        errors = run(ROW, {"lr": 1.0, "momentum": 0.9}, np.float64, torch=torch)
+    ref, theirs = split(errors)
+    assert ref <= RTOL_REF_F64 and theirs <= RTOL_TORCH_F64, errors
+
+
+# Changes written into param_groups before step k (0-based), applied to the reference too.
+CHANGES: dict[int, dict[str, Any]] = {
+    3: {"lr": 0.05},
+    5: {"alpha": 0.5},
+    7: {"eps": 1e-3},
+    9: {"weight_decay": 0.1},  # from 0, compiled out until now: the one recompilation
+    11: {"momentum": 0.5},
+    13: {"momentum": 0.0},  # the buffer stays (decays to nothing), no recompilation
+    14: {"lr": jnp.float32(0.2), "alpha": np.float64(0.9)},  # array-valued numbers
+    16: {"momentum": 0.9, "weight_decay": 0.0, "eps": 1e-8, "lr": 0.01, "alpha": 0.99},
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One labelled configuration of rmsprop; ``lr`` may name a schedule in SCHEDULES."""
-
-    label: str
-    lr: float | str = 0.01
-    alpha: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    centered: bool = False
-    maximize: bool = False
-    is_complex: bool = False
-    steps: int = 60
-
-    def learning_rate(self) -> Any:
-        return SCHEDULES[self.lr]() if isinstance(self.lr, str) else self.lr
-
-    def hyper(self) -> dict[str, Any]:
-        """Keyword arguments of ``fx.rmsprop``."""
-        return dict(
-            lr=self.learning_rate(), alpha=self.alpha, eps=self.eps,
-            weight_decay=self.weight_decay, momentum=self.momentum,
-            centered=self.centered, maximize=self.maximize,
-        )
-
-    def reference_hyper(self) -> dict[str, Any]:
-        """Keyword arguments of the reference: a schedule becomes its values per step.
-
-        The contract calls a schedule with the int32 step count; optax's schedules then
-        compute in float32 even under x64, so the reference gets exactly those values.
-        """
-        hyper = self.hyper()
-        if callable(hyper["lr"]):
-            schedule = jax.jit(hyper["lr"])
-            hyper["lr"] = [float(schedule(np.int32(t))) for t in range(self.steps)]
-        return hyper
+def _changes(dtype: Any) -> dict[str, Any]:
+    """Runs the CHANGES schedule (starting with momentum 0.9) with the class and the
+    reference; returns the max error per step and the compilations per step."""
+    rng = np.random.default_rng(11)
+    values = [rng.standard_normal(s).astype(dtype) for s in [(4, 3), (6,)]]
+    params = [fx.Parameter(v) for v in values]
+    opt = fx.RMSprop([{"params": params[:1]}, {"params": params[1:], "centered": True}],
+                     momentum=0.9)
+    refs = [RMSpropReference([values[0]], momentum=0.9),
+            RMSpropReference([values[1]], momentum=0.9, centered=True)]
+    errors, compiles = [], []
+    for k in range(STEPS):
+        for key, value in CHANGES.get(k, {}).items():
+            for group, ref in zip(opt.param_groups, refs):
+                group[key] = value
+                setattr(ref, key, float(value))
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = jnp.asarray(g)
+        with CompileCounter() as counter:
+            opt.step()
+        compiles.append(counter.names)
+        expected = [ref.update([g])[0] for ref, g in zip(refs, grads)]
+        errors.append(max(max_rel_error(p.value, e) for p, e in zip(params, expected)))
+    return {"errors": errors, "compiles": compiles}
 
 
-FLAGS: dict[str, dict[str, Any]] = {
-    "momentum": dict(momentum=0.9),
-    "centered": dict(centered=True),
-    "weight_decay": dict(weight_decay=0.1),
-    "maximize": dict(maximize=True),
-}
-EXTRA_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("alpha=0.5,eps=1e-3", dict(alpha=0.5, eps=1e-3)),
-    ("alpha=0", dict(alpha=0.0, momentum=0.5)),
-    ("alpha=1,eps=0.1", dict(alpha=1.0, eps=0.1)),
-    ("lr=1,momentum", dict(lr=1.0, momentum=0.9)),
-    ("lr=0.5,centered,alpha=0.9", dict(lr=0.5, centered=True, alpha=0.9)),
-    ("schedule=exponential_decay", dict(lr="exponential_decay")),
-    ("schedule=piecewise+momentum", dict(lr="piecewise", momentum=0.9)),
-    ("schedule=exponential_decay+all",
-     dict(lr="exponential_decay", momentum=0.5, centered=True, weight_decay=0.01)),
-    ("long=200+momentum+centered", dict(momentum=0.9, centered=True, steps=200)),
-    ("complex", dict(is_complex=True)),
-    ("complex+momentum+centered+weight_decay",
-     dict(is_complex=True, momentum=0.9, centered=True, weight_decay=0.1)),
-    ("complex+maximize+schedule", dict(is_complex=True, maximize=True, lr="piecewise")),
-]
+def test_hyperparameters_written_mid_run_take_effect_without_recompiling() -> None:
+    result = _changes(np.float32)
+    assert max(result["errors"]) <= RTOL_F32, result["errors"]
+    # Steps 0 and 1 may compile while the state is created; then only step 9, where
+    # weight decay, compiled out while 0, becomes non-zero (step 16's 0 reuses step 0's).
+    steps = [k for k, names in enumerate(result["compiles"]) if k >= 2 and names]
+    assert steps == [9], result["compiles"]
 
 
-def _build_cases() -> list[Case]:
-    """Every subset of FLAGS (alone and combined), then the EXTRA_CASES."""
-    cases = []
-    for size in range(len(FLAGS) + 1):
-        for names in itertools.combinations(FLAGS, size):
-            kwargs = {k: v for name in names for k, v in FLAGS[name].items()}
-            cases.append(Case("+".join(names) or "defaults", **kwargs))
-    cases += [Case(label, **kwargs) for label, kwargs in EXTRA_CASES]
-    return cases
-
-
-CASES = _build_cases()
-CASES_BY_LABEL = {case.label: case for case in CASES}
-assert len(CASES_BY_LABEL) == len(CASES), "case labels must be unique"
-
-
-def make_tree(rng: np.random.Generator, dtype: Any) -> dict[str, Any]:
-    """A pytree with nested dicts, a list, a tuple, a scalar and zero-size leaves."""
-
-    def leaf(*shape: int) -> np.ndarray:
-        x = rng.standard_normal(shape)
-        if jnp.issubdtype(dtype, jnp.complexfloating):
-            x = x + 1j * rng.standard_normal(shape)
-        return np.asarray(x).astype(dtype)
-
-    return {"dense": {"w": leaf(3, 4)}, "blocks": [leaf(5), (leaf(), leaf(2, 0))]}
-
-
-def run_parity(
-    cases: list[Case], real: Any, wide: Any, *, jit: bool = True
-) -> dict[str, dict[str, float]]:
-    """Runs ``cases`` with lucid_fx and the reference; label -> max errors per quantity.
-
-    Complex cases run in ``wide``, the others in ``real``. Jitted, the cases of one
-    length step in one compiled function (every compilation costs about 0.1 s here),
-    which must compile once for all steps (the state's structure and dtypes are
-    stable); the parameters must keep their dtype.
-    """
-    dtypes = {case.label: wide if case.is_complex else real for case in cases}
-    problems = {}
-    for case in cases:
-        rng = np.random.default_rng(zlib.crc32(case.label.encode()))
-        problems[case.label] = (make_tree(rng, dtypes[case.label]),
-                                [make_tree(rng, dtypes[case.label]) for _ in range(case.steps)])
-    finals = {}
-    for steps in sorted({case.steps for case in cases}):
-        group = [case for case in cases if case.steps == steps]
-        txs = {case.label: fx.rmsprop(**case.hyper()) for case in group}
-
-        def update_all(grads: Any, states: Any, params: Any, txs: Any = txs) -> Any:
-            return {label: tx.update(grads[label], states[label], params[label])
-                    for label, tx in txs.items()}
-
-        update = jax.jit(update_all) if jit else update_all
-        params = {label: jax.tree.map(jnp.asarray, problems[label][0]) for label in txs}
-        states = {label: tx.init(params[label]) for label, tx in txs.items()}
-        for t in range(steps):
-            results = update({label: problems[label][1][t] for label in txs}, states, params)
-            states = {label: state for label, (_, state) in results.items()}
-            params = {label: fx.apply_updates(params[label], updates)
-                      for label, (updates, _) in results.items()}
-        if jit:
-            assert update._cache_size() == 1, "the update recompiled between steps"
-        finals.update({label: (params[label], states[label]) for label in txs})
-    report = {}
-    for case in cases:
-        params, state = finals[case.label]
-        assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(dtypes[case.label])}
-        params0, grads = problems[case.label]
-        history, ref = reference_run(leaves64(params0), [leaves64(g) for g in grads],
-                                     **case.reference_hyper())
-        report[case.label] = {
-            "params": tree_error(params, history[-1]),
-            "square_avg": tree_error(state.square_avg, ref["square_avg"]),
-            "grad_avg": tree_error(state.grad_avg, ref["grad_avg"]),
-            "momentum_buffer": tree_error(state.momentum_buffer, ref["momentum_buffer"]),
-            "step": float(abs(int(state.step) - ref["step"])),
-        }
-    return report
-
-
-def x64_report() -> dict[str, Any]:
-    """Everything checked in float64; called under ``jax.enable_x64(True)``."""
-    assert jax.config.jax_enable_x64, "call under jax.enable_x64(True)"
-    parity = run_parity(CASES, np.float64, np.complex128)
-    # float32 parameters stay float32 although Python scalars and schedules are 64-bit now.
-    f32_case = Case("f32-under-x64", lr="exponential_decay", momentum=0.9, centered=True,
-                    weight_decay=0.1, steps=5)
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    tx = fx.rmsprop(**f32_case.hyper())
-    state = tx.init(params)
-    updates, state = jax.jit(tx.update)(make_tree(rng, np.float32), state, params)
-    dtypes = {
-        "updates": sorted({str(x.dtype) for x in jax.tree.leaves(updates)}),
-        "params": sorted({str(x.dtype) for x in jax.tree.leaves(fx.apply_updates(params, updates))}),
-        "state": sorted({str(x.dtype) for x in jax.tree.leaves(
-            (state.square_avg, state.grad_avg, state.momentum_buffer))}),
-        "step": str(state.step.dtype),
-    }
-    return {"parity": parity, "f32_parity": run_parity([f32_case], np.float32, np.complex64)[
-        f32_case.label], "f32_dtypes": dtypes}
-
-
-# ------------------------------------------------------------------ parity with the reference
-
-
-@pytest.fixture(scope="module")
-def f32() -> dict[str, dict[str, float]]:
-    return run_parity(CASES, np.float32, np.complex64)
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
-def test_parity_float32(case: Case, f32: dict[str, dict[str, float]]) -> None:
-    errors = f32[case.label]
-    assert errors["step"] == 0
-    assert max(errors.values()) <= RTOL_F32, errors
-
-
-@pytest.fixture(scope="module")
-def x64() -> dict[str, Any]:
+def test_hyperparameters_written_mid_run_float64() -> None:
     with jax.enable_x64(True):
-        return x64_report()
+        result = _changes(np.float64)
+    assert max(result["errors"]) <= RTOL_F64, result["errors"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
-def test_parity_float64(case: Case, x64: dict[str, Any]) -> None:
-    errors = x64["parity"][case.label]
-    assert errors["step"] == 0
-    assert max(errors.values()) <= RTOL_F64, errors
+@pytest.mark.parametrize("flag", ["momentum", "centered"])
+def test_turning_a_buffer_on_mid_run_allocates_zeros(flag: str) -> None:
+    """torch raises KeyError here; the class allocates the buffer as zeros."""
+    rng = np.random.default_rng(12)
+    values = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3), (6,)]]
+    params = [fx.Parameter(v) for v in values]
+    opt = fx.RMSprop(params, lr=0.05)
+    ref = RMSpropReference(values, lr=0.05)
+    field = {"momentum": "momentum_buffer", "centered": "grad_avg"}[flag]
+    for k in range(8):
+        if k == 4:
+            opt.param_groups[0][flag] = 0.9 if flag == "momentum" else True
+            if flag == "momentum":
+                ref.momentum, ref.momentum_buffer = 0.9, [np.zeros_like(v) for v in ref.params]
+            else:
+                ref.centered, ref.grad_avg = True, [np.zeros_like(v) for v in ref.params]
+            assert all(field not in opt.state[p] for p in params)
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = jnp.asarray(g)
+        opt.step()
+        for p, e in zip(params, ref.update(grads)):
+            assert max_rel_error(p.value, e) <= RTOL_F32, k
+    for p, e in zip(params, getattr(ref, field)):
+        assert max_rel_error(opt.state[p][field], e) <= RTOL_F32
 
 
-def test_float32_stays_float32_under_x64(x64: dict[str, Any]) -> None:
-    assert x64["f32_dtypes"] == {
-        "updates": ["float32"], "params": ["float32"], "state": ["float32"], "step": "int32"
-    }
-    assert max(x64["f32_parity"].values()) <= RTOL_F32, x64["f32_parity"]
+@pytest.mark.parametrize("flag", ["momentum", "centered"])
+def test_turning_a_buffer_on_mid_run_compiles_at_most_once(flag: str) -> None:
+    # Shapes unique to this test, so that its compilations are its own.
+    shapes = {"momentum": [(41, 3), (43,)], "centered": [(47, 3), (53,)]}[flag]
+    params = [fx.Parameter(np.ones(s, np.float32)) for s in shapes]
+    opt = fx.RMSprop(params)
+    grads = [jnp.full(s, 0.5, jnp.float32) for s in shapes]
+
+    def step() -> list[str]:
+        for p, g in zip(params, grads):
+            p.grad = g
+        with CompileCounter() as counter:
+            opt.step()
+        return counter.names
+
+    for _ in range(3):
+        step()
+    opt.param_groups[0][flag] = 0.9 if flag == "momentum" else True
+    compiled = [name for _ in range(3) for name in step()]
+    assert len(compiled) <= 1, compiled
 
 
-@pytest.mark.parametrize("label", ["momentum+centered+weight_decay+maximize",
-                                   "schedule=piecewise+momentum"])
-def test_eager_matches_reference_like_jit(label: str) -> None:
-    case = dataclasses.replace(CASES_BY_LABEL[label], steps=10)
-    errors = run_parity([case], np.float32, np.complex64, jit=False)[label]
-    assert max(errors.values()) <= RTOL_F32, errors
+def test_maximize_toggled_mid_run_takes_effect() -> None:
+    p = fx.Parameter(np.array([1.0, -2.0], np.float32))
+    opt = fx.RMSprop([p], lr=0.1)
+    ref = RMSpropReference([np.asarray(p.value)], lr=0.1)
+    for k in range(6):
+        if k == 3:
+            opt.param_groups[0]["maximize"] = ref.maximize = True
+        g = np.array([0.5, 0.25 * k], np.float32)
+        p.grad = jnp.asarray(g)
+        opt.step()
+        assert max_rel_error(p.value, ref.update([g])[0]) <= RTOL_F32
 
 
-def test_defaults_are_the_documents() -> None:
-    params = inspect.signature(fx.rmsprop).parameters
-    positional = [(n, p.default) for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
-    assert positional == [("lr", 0.01), ("alpha", 0.99), ("eps", 1e-08),
-                          ("weight_decay", 0), ("momentum", 0), ("centered", False)]
+@pytest.mark.parametrize("flag", ["centered", "maximize"])
+def test_numpy_bool_flags_work(flag: str) -> None:
+    p = fx.Parameter(np.array([1.0, -2.0], np.float32))
+    opt = fx.RMSprop([p], lr=0.1, **{flag: np.bool_(True)})
+    ref = RMSpropReference([np.asarray(p.value)], lr=0.1, **{flag: True})
+    for k in range(3):
+        g = np.array([0.5, 0.25 * k], np.float32)
+        p.grad = jnp.asarray(g)
+        opt.step()
+        assert max_rel_error(p.value, ref.update([g])[0]) <= RTOL_F32
 
 
-def test_state_layout_follows_the_flags() -> None:
-    params = {"w": jnp.ones(3)}
-    plain = fx.rmsprop().init(params)
-    assert isinstance(plain, fx.RMSpropState)
-    assert plain.grad_avg is None and plain.momentum_buffer is None and plain.skipped is None
-    assert plain.step.dtype == jnp.int32 and int(plain.step) == 0
-    full = fx.rmsprop(momentum=0.9, centered=True, skip_nonfinite=True).init(params)
-    assert jax.tree.structure(full.grad_avg) == jax.tree.structure(params)
-    assert jax.tree.structure(full.momentum_buffer) == jax.tree.structure(params)
-    assert int(full.skipped) == 0
-    # A jax array, even 0, may change later (traced), so it gets a buffer.
-    assert fx.rmsprop(momentum=jnp.asarray(0.0)).init(params).momentum_buffer is not None
+def test_each_group_steps_with_its_own_hyperparameters() -> None:
+    """lr, α, ε, momentum, centered, weight decay and maximize differ per group; a group
+    without α takes the constructor's."""
+    configs = [dict(lr=0.05, momentum=0.9), dict(centered=True, alpha=0.9, weight_decay=0.1),
+               dict(lr=0.02, maximize=True, eps=1e-4)]
+    rng = np.random.default_rng(7)
+    values = [rng.standard_normal((3, 2)).astype(np.float32) for _ in configs]
+    grads = [[rng.standard_normal((3, 2)).astype(np.float32) for _ in configs]
+             for _ in range(STEPS)]
+    params = [fx.Parameter(v) for v in values]
+    opt = fx.RMSprop([{"params": [p], **c} for p, c in zip(params, configs)], alpha=0.95)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = jnp.asarray(g)
+        opt.step()
+    for i, config in enumerate(configs):
+        history, _ = reference_run([values[i]], [[gs[i]] for gs in grads],
+                                   **{"alpha": 0.95, **config})
+        assert max_rel_error(params[i].value, history[-1][0]) <= RTOL_F32, config
 
 
-TORCH_LABELS = [c.label for c in CASES if c.lr == 0.01 and not c.is_complex and c.steps <= 60]
+def test_the_pages_example_loop_converges() -> None:
+    rng = np.random.default_rng(0)
+    true_w = rng.uniform(-0.3, 0.3, (4, 2)).astype(np.float32)
+    true_b = np.array([0.2, -0.1], np.float32)
+    x_all = rng.standard_normal((256, 4)).astype(np.float32)
+    y_all = x_all @ true_w + true_b + 0.01 * rng.standard_normal((256, 2)).astype(np.float32)
+    batches = [(x_all[i:i + 32], y_all[i:i + 32]) for i in range(0, 256, 32)]
+    model = {"w": fx.Parameter(jnp.zeros((4, 2))), "b": fx.Parameter(jnp.zeros(2))}
+
+    def loss_fn(m: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
+        return jnp.mean((x @ m["w"] + m["b"] - y) ** 2)
+
+    def full_loss() -> float:
+        return float(loss_fn({"w": model["w"].value, "b": model["b"].value}, x_all, y_all))
+
+    initial = full_loss()
+    optimizer = fx.RMSprop(fx.parameters(model), lr=1e-3, alpha=0.99)
+    for _ in range(40):  # epochs
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = fx.backward(loss_fn, model, x, y)
+            optimizer.step()
+    assert np.isfinite(float(loss))
+    assert full_loss() < initial / 20, (initial, full_loss())
 
 
-@pytest.mark.parametrize("label", TORCH_LABELS)
-def test_reference_equals_torch_for_constant_lr(label: str) -> None:
-    """The reference itself, against torch.optim.RMSprop in float64 (DESIGN: equal for a
-    constant lr). torch keeps lr out of its buffer, so only the parameters are compared."""
-    torch = pytest.importorskip("torch", reason="torch (a test dependency) is not installed")
-    case = CASES_BY_LABEL[label]
-    rng = np.random.default_rng(zlib.crc32(label.encode()))
-    theta0 = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
-    grads = [[rng.standard_normal(x.shape) for x in theta0] for _ in range(20)]
-    history, _ = reference_run(theta0, grads, **case.hyper())
-    params = [torch.tensor(x, requires_grad=True) for x in theta0]
-    hyper = {k: v for k, v in case.hyper().items() if k != "lr"}
-    optimizer = torch.optim.RMSprop(params, lr=case.lr, **hyper)
-    for step in grads:
-        for p, g in zip(params, step):
-            p.grad = torch.tensor(g)
-        optimizer.step()
-    for p, expected in zip(params, history[-1]):
-        assert max_rel_error(p.detach().numpy(), expected) <= RTOL_F64
+# ------------------------------------------------------------------ complex parameters
 
 
-# ------------------------------------------------------------------ parity with optax
+def test_complex_parameters_step_alike_in_both_faces() -> None:
+    """|g|² = g·conj(g) keeps v real: a complex Parameter's real buffer, in the class's
+    packs beside a real Parameter, takes the functional face's bits at every step (its
+    numbers traced as the class traces them, skip_nonfinite on, every gradient finite),
+    and both are the reference's."""
+    config = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.1}
+    rng = np.random.default_rng(5)
+    shapes = [(3, 4), (5,), ()]
 
-# optax has no ``maximize``; these cover each remaining flag, schedules and complex.
-OPTAX_LABELS = [
-    "defaults", "momentum", "centered", "weight_decay", "momentum+centered+weight_decay",
-    "alpha=0.5,eps=1e-3", "lr=1,momentum", "schedule=piecewise+momentum",
-    "schedule=exponential_decay+all", "complex+momentum+centered+weight_decay",
-]
+    def arrays() -> list[np.ndarray]:
+        return [(rng.standard_normal(s) + 1j * rng.standard_normal(s)).astype(np.complex64)
+                for s in shapes] + [rng.standard_normal(3).astype(np.float32)]
+
+    values, grads = arrays(), [arrays() for _ in range(STEPS)]
+    params = [fx.Parameter(v) for v in values]
+    opt = fx.RMSprop(params, **config, skip_nonfinite=True)
+    numbers = {"alpha": 0.99, "eps": 1e-8, **{k: v for k, v in config.items() if k != "centered"}}
+    update = jax.jit(lambda g, s, p, h: fx.rmsprop(**h, centered=True, skip_nonfinite=True)
+                     .update(g, s, p))
+    hyper = {k: as_precise(v) for k, v in numbers.items()}
+    functional = [jnp.asarray(v) for v in values]
+    state = fx.rmsprop(**config, skip_nonfinite=True).init(values)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = jnp.asarray(g)
+        opt.step()
+        updates, state = update(step_grads, state, functional, hyper)
+        functional = fx.apply_updates(functional, updates)
+        for p, f in zip(params, functional):
+            np.testing.assert_array_equal(p.value, f)
+    for i, p in enumerate(params):
+        assert opt.state[p]["square_avg"].dtype == np.float32
+        for key in ("square_avg", "grad_avg", "momentum_buffer"):
+            np.testing.assert_array_equal(opt.state[p][key], getattr(state, key)[i], err_msg=key)
+    history, _ = reference_run(leaves64(values), [leaves64(g) for g in grads], **config)
+    assert tree_error([p.value for p in params], history[-1]) <= RTOL_REF_F32
 
 
-@pytest.mark.parametrize("label", OPTAX_LABELS)
-def test_parity_with_optax(label: str) -> None:
-    """optax's rmsprop with eps outside the sqrt, after its coupled weight decay.
+# ------------------------------------------------------------------ the clamp, low precision
 
-    Two float32 computations of the same formulas in different operation orders:
-    each may be RTOL_F32 from the exact result, so they agree to 2·RTOL_F32.
-    """
-    case = CASES_BY_LABEL[label]
-    optax_tx = optax.chain(
-        optax.add_decayed_weights(case.weight_decay),
-        optax.rmsprop(case.learning_rate(), decay=case.alpha, eps=case.eps, eps_in_sqrt=False,
-                      centered=case.centered, momentum=case.momentum or None),
-    )
-    dtype = np.complex64 if case.is_complex else np.float32
-    rng = np.random.default_rng(zlib.crc32(case.label.encode()))
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
-    grads = [make_tree(rng, dtype) for _ in range(case.steps)]
-    finals = []
-    for tx in (fx.rmsprop(**case.hyper()), optax_tx):
-        params, state, update = params0, tx.init(params0), jax.jit(tx.update)
-        for g in grads:
-            updates, state = update(g, state, params)
+
+def test_centered_variance_is_clamped_at_zero() -> None:
+    """Near-constant g with α=0.5: v - ḡ² rounds below 0 in float32; the clamp keeps it finite."""
+    alpha, eps, lr, steps = 0.5, 1e-8, 0.01, 40
+    rng = np.random.default_rng(7)
+    g = rng.uniform(0.5, 2.0, size=256).astype(np.float32)
+    # The unclamped formula in float32 NumPy: sqrt of a negative number, NaN.
+    v = np.zeros_like(g)
+    gbar = np.zeros_like(g)
+    a = np.float32(alpha)
+    unclamped_nan = False
+    for _ in range(steps):
+        v = a * v + (1 - a) * g * g
+        gbar = a * gbar + (1 - a) * g
+        with np.errstate(invalid="ignore"):
+            unclamped_nan |= bool(np.isnan(lr * g / (np.sqrt(v - gbar * gbar) + eps)).any())
+    assert unclamped_nan, "this input should drive v - ḡ² below zero in float32"
+    # optax's centered rmsprop (no clamp) goes NaN on the same input ...
+    for tx, expect_finite in (
+        (optax.rmsprop(lr, decay=alpha, eps=eps, eps_in_sqrt=False, centered=True), False),
+        (fx.rmsprop(lr, alpha=alpha, eps=eps, centered=True), True),
+    ):
+        params, state, update = jnp.zeros_like(g), tx.init(jnp.zeros_like(g)), jax.jit(tx.update)
+        finite = True
+        for _ in range(steps):
+            updates, state = update(jnp.asarray(g), state, params)
             params = optax.apply_updates(params, updates)
-        finals.append(params)
-    assert tree_error(finals[0], leaves64(finals[1])) <= 2 * RTOL_F32
+            finite &= bool(jnp.all(jnp.isfinite(updates)))
+        assert finite == expect_finite
+    # ... while lucid_fx's state stays finite too.
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
 
 
-# ------------------------------------------------------------------ property tests
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32],
+                         ids=lambda d: jnp.dtype(d).name)
+def test_one_low_precision_step_is_the_stored_buffers(dtype: Any) -> None:
+    # alpha=0.999 rounds to 1.0 in bfloat16: arithmetic must not run in bfloat16.
+    hyper = dict(lr=0.01, alpha=0.999, momentum=0.9, centered=True, weight_decay=0.1)
+    rng = np.random.default_rng(4)
+    params = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
+    grads = make_tree(rng, dtype)
+    tx = fx.rmsprop(**hyper)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    _, ref = reference_run(leaves64(params), [leaves64(grads)], **hyper)
+
+    def stored(x: np.ndarray) -> np.ndarray:
+        # Buffers are kept in the parameter's dtype and the step goes on from the
+        # stored values (as torch does), so the model rounds v, ḡ and b to it.
+        return np.asarray(x).astype(dtype).astype(np.float64)
+
+    for actual, p, g, v, gbar in zip(leaves64(updates), leaves64(params), leaves64(grads),
+                                     ref["square_avg"], ref["grad_avg"]):
+        denom = np.sqrt(np.maximum(stored(v) - stored(gbar) ** 2, 0)) + 1e-8
+        expected = stored(hyper["lr"] * (g + hyper["weight_decay"] * p) / denom)  # b_1 = η·g/d
+        # update = -b after one step; relative to |update|, which is about lr/sqrt(1-α).
+        assert np.all(np.abs(actual + expected) <= RTOL_ONE_STEP[dtype] * np.abs(expected))
 
 
-class _Shape(tuple):
-    """A leaf marker, so that shapes are not mistaken for pytree tuples."""
+# ------------------------------------------------------------------ optax
+
+# optax has no maximize: each remaining flag, all three, α and ε, a large η and a schedule,
+# and complex parameters with all three flags.
+OPTAX_CASES = {
+    **{label: ROW.configs[label] for label in (
+        "defaults", "momentum=0.9", "centered=True", "weight_decay=0.1",
+        "momentum=0.9,centered=True,weight_decay=0.1", "alpha=0.5,eps=1e-3")},
+    "lr=1,momentum=0.9": {"lr": 1.0, "momentum": 0.9},
+    "schedule,momentum=0.5,centered,weight_decay=0.01": {
+        "lr": optax.piecewise_constant_schedule(0.05, {5: 0.1, 12: 10.0}), "momentum": 0.5,
+        "centered": True, "weight_decay": 0.01},
+}
+COMPLEX_OPTAX_CASES = ("momentum=0.9,centered=True,weight_decay=0.1",)
 
 
-_shapes = st.lists(st.integers(0, 3), min_size=0, max_size=2).map(lambda s: _Shape(s))
-_trees = st.recursive(
-    _shapes,
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3),
-        st.dictionaries(st.sampled_from("abcd"), children, min_size=1, max_size=3),
-        st.tuples(children, children),
-    ),
-    max_leaves=5,
-)
+@pytest.fixture(scope="module")
+def optax_finals() -> dict[str, tuple[Any, Any]]:
+    """Ours and optax's final parameters for each case, real and complex, one compilation."""
+    transforms = {}
+    for label, config in OPTAX_CASES.items():
+        full = {"alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
+                "centered": False, **config}
+        transforms[label] = (fx.rmsprop(**config), optax.chain(
+            optax.add_decayed_weights(full["weight_decay"]),
+            optax.rmsprop(full["lr"], decay=full["alpha"], eps=full["eps"], eps_in_sqrt=False,
+                          centered=full["centered"], momentum=full["momentum"] or None)))
+    finals = {}
+    for dtype, labels in ((np.float32, list(OPTAX_CASES)), (np.complex64, COMPLEX_OPTAX_CASES)):
+        results = side_by_side([tx for label in labels for tx in transforms[label]], dtype=dtype)
+        for i, label in enumerate(labels):
+            finals[f"{np.dtype(dtype).name}:{label}"] = (results[2 * i], results[2 * i + 1])
+    return finals
+
+
+@pytest.mark.parametrize("case", [*(f"float32:{label}" for label in OPTAX_CASES),
+                                  *(f"complex64:{label}" for label in COMPLEX_OPTAX_CASES)])
+def test_agrees_with_optax(case: str, optax_finals: dict[str, tuple[Any, Any]]) -> None:
+    """optax's rmsprop with eps outside the sqrt, after its coupled weight decay: two
+    float32 computations of the same formulas in different operation orders, each
+    RTOL_F32 from the exact result, so they agree to 2·RTOL_F32."""
+    ours, theirs = optax_finals[case]
+    assert tree_error(ours, leaves64(theirs)) <= 2 * RTOL_F32
+
+
+# ------------------------------------------------------------------ the functional face's range
 
 
 @given(
-    shape_tree=_trees,
+    shape_tree=shape_trees,
     lr=st.floats(0.0, 1.0),
-    alpha=st.floats(0.1, 1.0),  # α < 0.1 makes v - ḡ² cancel in float32 (see the x64 grid)
+    alpha=st.floats(0.1, 1.0),  # α < 0.1 makes v - ḡ² cancel in float32
     eps=st.floats(1e-8, 0.1),
     weight_decay=st.sampled_from([0.0, 0.01, 0.5]),
     momentum=st.sampled_from([0.0, 0.5, 0.95]),
@@ -368,7 +428,7 @@ def test_property_random_trees_and_hyperparameters(
 
     def arrays() -> Any:
         return jax.tree.map(lambda s: rng.standard_normal(tuple(s)).astype(np.float32),
-                            shape_tree, is_leaf=lambda x: isinstance(x, _Shape))
+                            shape_tree, is_leaf=lambda x: isinstance(x, Shape))
 
     hyper = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                  centered=centered, maximize=maximize)
@@ -383,12 +443,8 @@ def test_property_random_trees_and_hyperparameters(
     assert jax.tree.structure(params) == jax.tree.structure(params0)
     assert int(state.step) == steps
     assert tree_error(params, history[-1]) <= RTOL_F32
-    assert tree_error(state.square_avg, ref["square_avg"]) <= RTOL_F32
-    assert tree_error(state.grad_avg, ref["grad_avg"]) <= RTOL_F32
-    assert tree_error(state.momentum_buffer, ref["momentum_buffer"]) <= RTOL_F32
-
-
-# ------------------------------------------------------------------ transformations of update
+    for key in ROW.buffers:
+        assert tree_error(getattr(state, key), ref[key]) <= RTOL_F32, key
 
 
 def test_vmap_over_independent_problems() -> None:
@@ -455,178 +511,13 @@ def test_grad_through_update_matches_finite_differences() -> None:
         assert max_rel_error(actual, fd) <= RTOL_GRAD, (actual, fd)
 
 
-def test_donated_state_gives_the_same_result() -> None:
-    tx = fx.rmsprop(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1, skip_nonfinite=True)
-    rng = np.random.default_rng(3)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    grads = make_tree(rng, np.float32)
-    kept_state = tx.init(params)
-    expected_updates, expected_state = jax.jit(tx.update)(grads, kept_state, params)
-    donated_state = tx.init(params)
-    # Donation works only if every output buffer matches an input buffer in shape and
-    # dtype; a mismatch would warn, and warnings are errors here.
-    updates, state = jax.jit(tx.update, donate_argnums=(1,))(grads, donated_state, params)
-    assert all(x.is_deleted() for x in jax.tree.leaves(donated_state) if x.size)
-    assert jax.tree.all(jax.tree.map(np.array_equal, updates, expected_updates))
-    assert jax.tree.all(jax.tree.map(np.array_equal, state, expected_state))
-
-
-def test_none_leaves_pass_through() -> None:
-    hyper = dict(lr=0.1, momentum=0.9, weight_decay=0.1, centered=True)
-    w0, g = np.array([1.0, -2.0], np.float32), np.array([0.5, 3.0], np.float32)
-    params = {"w": jnp.asarray(w0), "frozen": None}
-    tx = fx.rmsprop(**hyper)
-    state = tx.init(params)
-    assert state.square_avg["frozen"] is None and state.momentum_buffer["frozen"] is None
-    updates, state = tx.update({"w": g, "frozen": None}, state, params)
-    assert updates["frozen"] is None
-    new_params = fx.apply_updates(params, updates)
-    assert new_params["frozen"] is None
-    history, _ = reference_run([w0], [[g]], **hyper)
-    assert max_rel_error(new_params["w"], history[-1][0]) <= RTOL_F32
-
-
-# ------------------------------------------------------------------ dtypes
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32],
-                         ids=lambda d: jnp.dtype(d).name)
-def test_dtypes_are_kept(dtype: Any) -> None:
-    # alpha=0.999 rounds to 1.0 in bfloat16: arithmetic must not run in bfloat16.
-    hyper = dict(lr=0.01, alpha=0.999, momentum=0.9, centered=True, weight_decay=0.1)
-    rng = np.random.default_rng(4)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, dtype))
-    grads = [make_tree(rng, dtype) for _ in range(2)]
-    tx = fx.rmsprop(**hyper)
-    update = jax.jit(tx.update)
-    state = tx.init(params)
-    updates, state = update(grads[0], state, params)
-    _, ref = reference_run(leaves64(params), [leaves64(grads[0])], **hyper)
-
-    def stored(x: np.ndarray) -> np.ndarray:
-        # Buffers are kept in the parameter's dtype and the step goes on from the
-        # stored values (as torch does), so the model rounds v, ḡ and b to it.
-        return np.asarray(x).astype(dtype).astype(np.float64)
-
-    for actual, p, g, v, gbar in zip(leaves64(updates), leaves64(params), leaves64(grads[0]),
-                                     ref["square_avg"], ref["grad_avg"]):
-        denom = np.sqrt(np.maximum(stored(v) - stored(gbar) ** 2, 0)) + 1e-8
-        expected = stored(hyper["lr"] * (g + hyper["weight_decay"] * p) / denom)  # b_1 = η·g/d
-        # update = -b after one step; relative to |update|, which is about lr/sqrt(1-α).
-        assert np.all(np.abs(actual + expected) <= RTOL_ONE_STEP[dtype] * np.abs(expected))
-    params = fx.apply_updates(params, updates)
-    updates, state = update(grads[1], state, params)
-    assert update._cache_size() == 1
-    buffers = (state.square_avg, state.grad_avg, state.momentum_buffer)
-    assert {x.dtype for x in jax.tree.leaves(buffers)} == {jnp.dtype(dtype)}
-    assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(dtype)}
-    assert {x.dtype for x in jax.tree.leaves(fx.apply_updates(params, updates))} == {
-        jnp.dtype(dtype)}
-    assert state.step.dtype == jnp.int32
-
-
-def test_state_dtype_float32_for_bfloat16_params() -> None:
-    hyper = dict(lr=0.01, alpha=0.999, momentum=0.9, centered=True)
-    rng = np.random.default_rng(5)
-    params = jax.tree.map(jnp.asarray, make_tree(rng, jnp.bfloat16))
-    grads = [make_tree(rng, jnp.bfloat16) for _ in range(10)]
-    tx = fx.rmsprop(**hyper, state_dtype=jnp.float32)
-    state = tx.init(params)
-    params0 = params
-    update = jax.jit(tx.update)
-    for g in grads:
-        updates, state = update(g, state, params)
-        assert {x.dtype for x in jax.tree.leaves(updates)} == {jnp.dtype(jnp.bfloat16)}
-        params = fx.apply_updates(params, updates)
-    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    buffers = (state.square_avg, state.grad_avg, state.momentum_buffer)
-    assert {x.dtype for x in jax.tree.leaves(buffers)} == {jnp.dtype(jnp.float32)}
-    # Without weight decay the buffers depend on the (exact) bf16 gradients only, so
-    # float32 state must match the float64 reference to float32 accuracy.
-    _, ref = reference_run(leaves64(params0), [leaves64(g) for g in grads], **hyper)
-    for name in ("square_avg", "grad_avg", "momentum_buffer"):
-        assert tree_error(getattr(state, name), ref[name]) <= RTOL_F32, name
-
-
-# ------------------------------------------------------------------ non-finite gradients
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
-def test_skip_nonfinite_changes_nothing_and_counts(bad: float) -> None:
-    hyper = dict(lr=0.1, momentum=0.9, centered=True, weight_decay=0.01)
-    rng = np.random.default_rng(6)
-    params0 = jax.tree.map(jnp.asarray, make_tree(rng, np.float32))
-    g1, g2 = make_tree(rng, np.float32), make_tree(rng, np.float32)
-    broken = jax.tree.map(np.copy, g2)
-    broken["dense"]["w"][1, 2] = bad
-    tx = fx.rmsprop(**hyper, skip_nonfinite=True)
-    update = jax.jit(tx.update)
-    updates, state1 = update(g1, tx.init(params0), params0)
-    params1 = fx.apply_updates(params0, updates)
-    zeros, state_skipped = update(broken, state1, params1)
-    assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(zeros))
-    assert jax.tree.all(jax.tree.map(
-        np.array_equal, state_skipped._replace(skipped=None), state1._replace(skipped=None)))
-    assert int(state_skipped.skipped) == 1 and int(state_skipped.step) == 1
-    params_after_skip = fx.apply_updates(params1, zeros)
-    assert jax.tree.all(jax.tree.map(np.array_equal, params_after_skip, params1))
-    updates, state2 = update(g2, state_skipped, params_after_skip)
-    params2 = fx.apply_updates(params_after_skip, updates)
-    history, _ = reference_run(leaves64(params0), [leaves64(g1), leaves64(g2)], **hyper)
-    assert tree_error(params2, history[-1]) <= RTOL_F32
-    assert int(state2.skipped) == 1 and int(state2.step) == 2
-
-
-def test_nonfinite_gradients_propagate_by_default() -> None:
-    tx = fx.rmsprop(lr=0.1)
-    params = jnp.ones(3)
-    updates, state = tx.update(jnp.array([1.0, np.nan, 1.0]), tx.init(params), params)
-    assert np.isnan(np.asarray(updates)).tolist() == [False, True, False]
-    assert int(state.step) == 1
-
-
-def test_centered_variance_is_clamped_at_zero() -> None:
-    """Near-constant g with α=0.5: v - ḡ² rounds below 0 in float32; the clamp keeps it finite."""
-    alpha, eps, lr, steps = 0.5, 1e-8, 0.01, 40
-    rng = np.random.default_rng(7)
-    g = rng.uniform(0.5, 2.0, size=256).astype(np.float32)
-    # The unclamped formula in float32 NumPy: sqrt of a negative number, NaN.
-    v = np.zeros_like(g)
-    gbar = np.zeros_like(g)
-    a = np.float32(alpha)
-    unclamped_nan = False
-    for _ in range(steps):
-        v = a * v + (1 - a) * g * g
-        gbar = a * gbar + (1 - a) * g
-        with np.errstate(invalid="ignore"):
-            unclamped_nan |= bool(np.isnan(lr * g / (np.sqrt(v - gbar * gbar) + eps)).any())
-    assert unclamped_nan, "this input should drive v - ḡ² below zero in float32"
-    # optax's centered rmsprop (no clamp) goes NaN on the same input ...
-    for tx, expect_finite in (
-        (optax.rmsprop(lr, decay=alpha, eps=eps, eps_in_sqrt=False, centered=True), False),
-        (fx.rmsprop(lr, alpha=alpha, eps=eps, centered=True), True),
-    ):
-        params, state, update = jnp.zeros_like(g), tx.init(jnp.zeros_like(g)), jax.jit(tx.update)
-        finite = True
-        for _ in range(steps):
-            updates, state = update(jnp.asarray(g), state, params)
-            params = optax.apply_updates(params, updates)
-            finite &= bool(jnp.all(jnp.isfinite(updates)))
-        assert finite == expect_finite
-    # ... while lucid_fx's state stays finite too.
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
-
-
-# ------------------------------------------------------------------ traced hyper-parameters
-
-
 def test_hyperparameters_traced_inside_jit() -> None:
     rng = np.random.default_rng(8)
     params0 = {"w": rng.standard_normal(5).astype(np.float32)}
     grads = [{"w": rng.standard_normal(5).astype(np.float32)} for _ in range(5)]
 
     @jax.jit
-    def run(hyper: dict[str, jax.Array], params: Any) -> Any:
+    def train(hyper: dict[str, jax.Array], params: Any) -> Any:
         tx = fx.rmsprop(**hyper, centered=True)
         state = tx.init(params)
         for g in grads:
@@ -636,101 +527,10 @@ def test_hyperparameters_traced_inside_jit() -> None:
 
     for values in (dict(lr=0.1, alpha=0.9, eps=1e-4, momentum=0.5, weight_decay=0.1),
                    dict(lr=0.02, alpha=0.5, eps=1e-2, momentum=0.0, weight_decay=0.0)):
-        params, state = run({k: jnp.float32(v) for k, v in values.items()}, params0)
+        params, state = train({k: jnp.float32(v) for k, v in values.items()}, params0)
         history, ref = reference_run([params0["w"]], [[g["w"]] for g in grads],
                                      centered=True, **values)
         assert max_rel_error(params["w"], history[-1][0]) <= RTOL_F32
         assert max_rel_error(state.square_avg["w"], ref["square_avg"][0]) <= RTOL_F32
         assert max_rel_error(state.grad_avg["w"], ref["grad_avg"][0]) <= RTOL_F32
-    assert run._cache_size() == 1
-
-
-def test_inject_hyperparams_changes_lr_without_recompiling() -> None:
-    rng = np.random.default_rng(9)
-    params0 = {"w": jnp.asarray(rng.standard_normal(5), jnp.float32)}
-    grads = [{"w": jnp.asarray(rng.standard_normal(5), jnp.float32)} for _ in range(6)]
-    lrs = [0.1, 0.1, 0.01, 0.3, 0.0, 0.05]
-    tx = optax.inject_hyperparams(fx.rmsprop)(lr=0.1, momentum=0.9)
-    params = params0
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for lr, g in zip(lrs, grads):
-        state.hyperparams["lr"] = jnp.asarray(lr, jnp.float32)
-        updates, state = update(g, state, params)
-        params = optax.apply_updates(params, updates)
-    assert update._cache_size() == 1
-    history, _ = reference_run([params0["w"]], [[g["w"]] for g in grads], lr=lrs, momentum=0.9)
-    assert max_rel_error(params["w"], history[-1][0]) <= RTOL_F32
-
-
-# ------------------------------------------------------------------ errors
-
-HYPER_ERRORS: list[tuple[str, dict[str, Any], str]] = [
-    ("lr<0", dict(lr=-0.1), r"Invalid lr value: -0\.1 \(expected a number >= 0\.0\)"),
-    ("eps<0", dict(eps=-1e-08), r"Invalid eps value: -1e-08 \(expected a number >= 0\.0\)"),
-    ("alpha<0", dict(alpha=-0.5), r"Invalid alpha value: -0\.5 \(expected a number in \[0\.0, 1\.0\]\)"),
-    ("alpha>1", dict(alpha=1.5), r"Invalid alpha value: 1\.5 \(expected a number in \[0\.0, 1\.0\]\)"),
-    ("momentum<0", dict(momentum=-0.9), r"Invalid momentum value: -0\.9 \(expected a number >= 0\.0\)"),
-    ("weight_decay<0", dict(weight_decay=-1e-4),
-     r"Invalid weight_decay value: -0\.0001 \(expected a number >= 0\.0\)"),
-] + [
-    (f"{name}=nan", {name: math.nan}, rf"Invalid {name} value: nan \(expected a number")
-    for name in ("lr", "alpha", "eps", "weight_decay", "momentum")
-]
-
-
-@pytest.mark.parametrize("kwargs, pattern", [e[1:] for e in HYPER_ERRORS],
-                         ids=[e[0] for e in HYPER_ERRORS])
-def test_invalid_hyperparameters_raise(kwargs: dict[str, Any], pattern: str) -> None:
-    with pytest.raises(ValueError, match=pattern):
-        fx.rmsprop(**kwargs)
-
-
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_], ids=["int32", "bool"])
-def test_non_float_params_raise(dtype: Any) -> None:
-    params = {"w": jnp.ones(2), "n": jnp.ones(2, dtype)}
-    with pytest.raises(TypeError, match=rf"floating-point parameters only; \['n'\] has dtype "
-                                        rf"{jnp.dtype(dtype).name}\. Cast it"):
-        fx.rmsprop().init(params)
-
-
-_P = {"a": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 2))]}
-MISMATCHES: list[tuple[str, Any, str]] = [
-    ("renamed key", {"b": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 2))]},
-     r"gradients do not match the state: first difference at \['b'\] \(expected \['a'\]\)"),
-    ("missing leaf", {"a": jnp.ones(2), "layers": [jnp.ones(3)]},
-     r"gradients do not match the state: \['layers'\]\[1\] is missing from gradients"),
-    ("extra leaf", {"a": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 2)), jnp.ones(1)]},
-     r"gradients do not match the state: \['layers'\]\[2\] is unexpected in gradients"),
-    ("shape", {"a": jnp.ones(2), "layers": [jnp.ones(3), jnp.ones((2, 3))]},
-     (r"gradients do not match the state: \['layers'\]\[1\] has shape \(2, 3\), "
-      r"expected \(2, 2\)")),
-    ("None for an array", {"a": None, "layers": [jnp.ones(3), jnp.ones((2, 2))]},
-     (r"gradients do not match the state: first difference at \['layers'\]\[0\] "
-      r"\(expected \['a'\]\)")),
-]
-
-
-@pytest.mark.parametrize("grads, pattern", [m[1:] for m in MISMATCHES],
-                         ids=[m[0] for m in MISMATCHES])
-def test_mismatched_gradients_name_the_path(grads: Any, pattern: str) -> None:
-    tx = fx.rmsprop()
-    with pytest.raises(ValueError, match=pattern):
-        tx.update(grads, tx.init(_P), _P)
-
-
-def test_mismatched_params_with_weight_decay() -> None:
-    tx = fx.rmsprop(weight_decay=0.1)
-    params = {"a": jnp.ones(2), "layers": [jnp.ones(4), jnp.ones((2, 2))]}
-    with pytest.raises(ValueError, match=r"params do not match the state: \['layers'\]\[0\] "
-                                         r"has shape \(4,\), expected \(3,\)"):
-        tx.update(_P, tx.init(_P), params)
-
-
-def test_weight_decay_needs_params() -> None:
-    tx = fx.rmsprop(weight_decay=0.1)
-    with pytest.raises(ValueError, match=r"weight_decay is non-zero, so update\(\) needs params"):
-        tx.update(_P, tx.init(_P))
-    # Without weight decay params are optional.
-    updates, _ = fx.rmsprop().update(_P, fx.rmsprop().init(_P))
-    assert jax.tree.structure(updates) == jax.tree.structure(_P)
+    assert train._cache_size() == 1

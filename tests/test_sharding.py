@@ -571,6 +571,7 @@ def test_on_eight_devices(eight_devices: list[Any], check_fn: Callable[[], None]
     check_fn()
 
 
+@pytest.mark.slow  # a child process, with XLA's compiler dump
 @pytest.mark.parametrize("name", [fn.__name__ for fn in CHECKS["adapter"]])
 def test_adapter_on_eight_devices(adapter_results: dict[str, str], name: str) -> None:
     assert adapter_results[name] == "ok", adapter_results[name]

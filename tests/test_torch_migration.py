@@ -1,8 +1,10 @@
 """Migrating a run between ``torch.optim.RMSprop`` and ``fx.RMSprop``, against real torch.
 
-torch keeps lr out of its momentum buffer, Lucid's definition keeps it in (b = lr·b_torch);
-torch's step is a float tensor, ours int32. Each test trains one side, moves the state
-across, and checks that both sides then continue the same way for a constant lr.
+torch keeps lr out of its momentum buffer, the page keeps it in (b = lr·b_torch), so the
+conversion multiplies or divides by each group's own lr; torch's step is a float tensor,
+ours int32. Each test trains one side, moves the state across, and checks that both sides
+then continue the same way for a constant lr. tests/test_family.py moves every
+optimizer's state both ways, for every flag combination (one lr for every group).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optimizers_under_test import ROWS
 from reference import max_rel_error
 
 import lucid_fx as fx
@@ -25,14 +28,9 @@ RTOL_F32 = 2e-5  # float32: torch and lucid_fx round differently (lr·g/d vs lr�
 BEFORE, AFTER = 5, 10  # steps on the first side, then on both
 LRS = (0.1, 0.01)  # one lr per group, so each buffer is converted with its own group's lr
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "momentum": dict(momentum=0.9),
-    "centered": dict(centered=True),
-    "centered+momentum": dict(centered=True, momentum=0.9),
-    "weight_decay": dict(weight_decay=0.1, momentum=0.5),
-    "maximize": dict(maximize=True, momentum=0.9),
-}
+# The conversion touches the momentum buffer only: momentum alone, and with every flag.
+ROW = ROWS["rmsprop"]
+CONFIGS = {label: ROW.grid[label] for label in ("momentum=0.9", ROW.richest)}
 SHAPES = ((3, 2), (2,))
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hypothesis import given
-from optimizers_under_test import CompileCounter
 from hypothesis import strategies as st
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+from optimizers_under_test import CompileCounter
 
 import lucid_fx as fx
 from lucid_fx._src.core.naming import dotted_name
