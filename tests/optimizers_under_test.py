@@ -1,4 +1,4 @@
-"""The table of element-wise optimizers under test, and the runs that generic tests share.
+"""The table of optimizers under test, and the runs that generic tests share.
 
 One :class:`Row` per optimizer: its factory, the ``torch.optim`` class it must equal and
 the ``fx`` class over it, its grid of labelled hyper-parameter configurations (every flag
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import itertools
 import math
 import re
@@ -45,6 +46,7 @@ from reference import (
     rprop_reference,
     sgd_reference,
 )
+from reference_shape_aware import adafactor_reference, muon_reference
 
 import lucid_fx as fx
 from lucid_fx._src.core import schema
@@ -68,6 +70,13 @@ RTOL_REF_F32 = 2e-6
 RTOL_REF_F64 = 1e-12
 STEPS = 20
 TESTS_DIR = Path(__file__).resolve().parent
+# lucid_fx's own options: torch's classes and the references take none of them.
+LUCID_ONLY = ("skip_nonfinite", "state_dtype", "ns_dtype")
+
+
+def without_lucid_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as torch's class and the reference take it."""
+    return {k: v for k, v in config.items() if k not in LUCID_ONLY}
 
 
 class Bad(NamedTuple):
@@ -169,6 +178,12 @@ class Row:
       cpu_step_copies: copies of a donated, parameter-sized buffer in the stateful step
         as XLA:CPU compiles it (with ``packed_step.CPU_COMPILER_OPTIONS``): each costs a
         read and a write of the buffer per step. None but where measured otherwise.
+      matrices: its parameters must be 2-D (Muon): the tests' shapes are taken as
+        matrices (:meth:`shape`).
+      real_only: both faces refuse complex parameters, as torch does (Muon, Adafactor):
+        no complex cases.
+      torch_numerics: a context in which torch computes as this row's configurations
+        ask (Muon's iteration in the parameters' dtype rather than bfloat16).
     """
 
     name: str
@@ -191,6 +206,31 @@ class Row:
     faces_ulps: Mapping[str, float] = dataclasses.field(default_factory=dict)
     torch_state_at_construction: bool = False
     cpu_step_copies: int = 0
+    matrices: bool = False
+    real_only: bool = False
+    torch_numerics: Callable[[Any], contextlib.AbstractContextManager[Any]] = (
+        lambda torch: contextlib.nullcontext())
+
+    def shape(self, *shape: int) -> tuple[int, ...]:
+        """A test's parameter shape as this optimizer takes it: unchanged, or for a row of
+        ``matrices`` a matrix, a vector as one row (``(n,) -> (1, n)``, which broadcasts
+        as the vector did), a number as 1×1, more dimensions folded into the columns."""
+        if not self.matrices or len(shape) == 2:
+            return tuple(shape)
+        if not shape:
+            return (1, 1)
+        return (1, shape[0]) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
+
+    def array(self, x: Any) -> Any:
+        """``x`` reshaped as :meth:`shape` takes its shape."""
+        return x.reshape(self.shape(*np.shape(x)))
+
+    def torch_optimizer(self, torch: Any, params: Any, config: Mapping[str, Any]) -> Any:
+        """torch's class over ``params`` with ``config`` (its single-tensor kernels, where
+        it has others: the order of operations our kernels follow)."""
+        cls = getattr(torch.optim, self.torch_class)
+        extra = {"foreach": False} if "foreach" in inspect.signature(cls).parameters else {}
+        return cls(params, **without_lucid_options(config), **extra)
 
     @property
     def richest(self) -> str:
@@ -331,6 +371,67 @@ ASGD_BAD = [
     Bad("t0=str", {"t0": "10"}, r"Invalid t0 value: '10' \(expected a real number\)"),
 ]
 
+MUON_BAD = [
+    *_nonnegative(lr=-0.1, momentum=-0.9, weight_decay=-0.1),
+    *_nonnegative(eps=-1e-7, torch_refuses=False),  # torch takes any eps
+    _refused("adjust_lr_fn", "foo", "expected None, 'original' or 'match_rms_adamw'"),
+    # torch refuses these at its first step, not in its constructor
+    *(_refused("ns_steps", value, "expected an integer in [0, 100): fewer than 100 steps, as "
+               "torch requires", torch_refuses=False) for value in (100, -1, 2.5)),
+    Bad("ns_coefficients of 2", {"ns_coefficients": (1.0, 2.0)},
+        r"Invalid ns_coefficients value: \(1\.0, 2\.0\) \(expected three numbers \(a, b, c\)\)"),
+    Bad("ns_coefficients[1]=str", {"ns_coefficients": (1.0, "b", 2.0)},
+        r"Invalid ns_coefficients\[1\] value: 'b' \(expected a real number\)"),
+    Bad("nesterov=1", {"nesterov": 1}, r"Invalid nesterov value: 1 \(expected True or False\)"),
+    *(Bad(f"ns_dtype={dtype.__name__}", {"ns_dtype": dtype},
+          rf"Invalid ns_dtype value: .*{dtype.__name__}.* \(expected None or a (real )?"
+          r"floating-point dtype\)") for dtype in (np.int32, np.complex64)),
+]
+ADAFACTOR_BAD = [
+    *_nonnegative(lr=-0.1, weight_decay=-0.1),
+    _refused("beta2_decay", 0.5, "expected a number <= 0.0"),
+    _refused("beta2_decay", math.nan, "expected a real number"),
+    *(_refused("d", value, "expected a number >= 1.0") for value in (0.5, math.nan)),
+    *(Bad(f"eps[{i}]={value}", {"eps": (value, 1e-3) if i == 0 else (None, value)},
+          rf"Invalid eps\[{i}\] value: {value} \(expected a number >= 0\.0\)", True)
+      for i in (0, 1) for value in (-1.0, math.nan)),
+    Bad("eps=1e-3", {"eps": 1e-3},
+        r"Invalid eps value: 0\.001 \(expected a pair \(eps1 or None, eps2\)\)"),
+]
+
+
+def _takes(factory: Callable[..., Any], bad: Sequence[Bad]) -> list[Bad]:
+    """The inputs of ``bad`` whose arguments ``factory`` has (Muon has no maximize)."""
+    names = inspect.signature(factory).parameters
+    return [b for b in bad if set(b.kwargs) <= set(names)]
+
+
+@contextlib.contextmanager
+def _torch_newton_schulz_in_its_dtype(torch: Any) -> Iterator[None]:
+    """torch's Muon with its iteration in the gradient's dtype: torch's code without its
+    cast to bfloat16, the iteration that ``fx.muon(ns_dtype=None)`` runs, so that float32
+    and float64 compare with the usual tolerances (tests/test_muon.py compares the
+    bfloat16 iteration, with a tolerance of its own)."""
+    from torch.optim import _muon
+
+    def in_its_dtype(grad: Any, coefficients: Any, steps: int, eps: float) -> Any:
+        a, b, c = coefficients
+        tall = grad.size(0) > grad.size(1)
+        x = grad.T if tall else grad
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x.T if tall else x
+
+    original = _muon._zeropower_via_newtonschulz
+    _muon._zeropower_via_newtonschulz = in_its_dtype
+    try:
+        yield
+    finally:
+        _muon._zeropower_via_newtonschulz = original
+
+
 ROWS: dict[str, Row] = {
     "sgd": Row("sgd", sgd, "SGD", fx.SGD, _product_grid(SGD_AXES, {"lr": 0.05}, sgd_is_valid),
                sgd_reference, bad_inputs=(*SGD_BAD, *COMMON_BAD), lrs=_falling(0.05, 0.2),
@@ -415,17 +516,42 @@ ROWS: dict[str, Row] = {
         asgd_reference, lrs=_falling(0.05, 0.1),
         bad_inputs=(*ASGD_BAD, *COMMON_BAD),
         needs_params=({}, "it decays and averages the parameters"), follows_params=("ax",)),
+    # -- the shape-aware ones: Muon (matrices only), Adafactor
+    # ns_dtype=None runs the iteration in the parameters' dtype, as torch's code does
+    # without its bfloat16 cast (Row.torch_numerics): the float32 and float64 tolerances
+    # hold. tests/test_muon.py compares torch's own bfloat16 iteration.
+    "muon": Row("muon", fx.muon, "Muon", fx.Muon, _product_grid(
+        {"nesterov": (False, True), "weight_decay": (0, 0.1),
+         "adjust_lr_fn": (None, "original", "match_rms_adamw")},
+        {"lr": 0.02, "momentum": 0.9, "ns_dtype": None}),
+        muon_reference, lrs=_falling(0.02, 0.05),
+        special_cases={"ns_steps=2,ns_coefficients": {
+            "lr": 0.02, "ns_steps": 2, "ns_coefficients": (2.0, -1.5, 0.5), "ns_dtype": None}},
+        bad_inputs=(*MUON_BAD, *_takes(fx.muon, COMMON_BAD)), matrices=True, real_only=True,
+        torch_numerics=_torch_newton_schulz_in_its_dtype,
+        faces_ulps={"value": 1}),  # measured 0.8, float32 and float64
+    # eps=(1e-30, ...) nearly removes the floor ε₁ (None: the dtype's machine epsilon);
+    # d=1.5 lets larger steps through; lr=2 (special) caps the step by 1/sqrt(t), not lr.
+    "adafactor": Row("adafactor", fx.adafactor, "Adafactor", fx.Adafactor, _product_grid(
+        {"weight_decay": (0, 0.1), "eps": ((None, 1e-3), (1e-30, 1e-3)), "d": (1.0, 1.5),
+         "maximize": (False, True)}, {"lr": 0.05}),
+        adafactor_reference, lrs=_falling(0.05, 0.1),
+        special_cases={"lr=2,beta2_decay=-0.5": {"lr": 2.0, "beta2_decay": -0.5}},
+        bad_inputs=(*ADAFACTOR_BAD, *COMMON_BAD), real_only=True,
+        needs_params=({}, "its step is scaled by each parameter's RMS"),
+        faces_ulps={"value": 1, "col_var": 1}),  # measured 0.5 (float64)
 }
 
 
 # ------------------------------------------------------------------ problems and runs
 
 
-def make_tree(rng: np.random.Generator, dtype: Any) -> dict[str, Any]:
-    """A small pytree: nested dict, list and tuple, and a scalar."""
+def make_tree(rng: np.random.Generator, dtype: Any, row: Row | None = None) -> dict[str, Any]:
+    """A small pytree: nested dict, list and tuple, and a scalar (shaped as ``row`` takes
+    them: :meth:`Row.shape`)."""
 
     def leaf(*shape: int) -> np.ndarray:
-        x = rng.standard_normal(shape)
+        x = rng.standard_normal(row.shape(*shape) if row is not None else shape)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             x = x + 1j * rng.standard_normal(shape)
         return np.asarray(x).astype(dtype)
@@ -445,32 +571,41 @@ def leaves64(tree: Any) -> list[np.ndarray]:
     return [widen(x) for x in jax.tree.leaves(tree)]
 
 
-def tree_error(actual: Any, expected: list[np.ndarray] | None) -> float:
-    """Largest max_rel_error over matching leaves; both ``None`` counts as 0."""
+def tree_error(actual: Any, expected: list[np.ndarray | None] | None) -> float:
+    """Largest max_rel_error over matching leaves; both ``None`` counts as 0, and so does
+    a parameter that has no such buffer in either (Adafactor's ``row_var`` of a vector)."""
     if expected is None:
         assert actual is None, "a buffer exists that the reference does not have"
         return 0.0
     assert actual is not None, "a buffer the reference has is missing"
+    actual_leaves = jax.tree.leaves(actual, is_leaf=lambda x: x is None)
+    if any(x is None for x in actual_leaves) or any(e is None for e in expected):
+        assert [x is None for x in actual_leaves] == [e is None for e in expected]
+        actual = [x for x in actual_leaves if x is not None]
+        expected = [e for e in expected if e is not None]
     actual_leaves = leaves64(actual)
     assert len(actual_leaves) == len(expected)
     return max([max_rel_error(a, e) for a, e in zip(actual_leaves, expected)], default=0.0)
 
 
 @contextlib.contextmanager
-def one_torch_thread(torch: Any) -> Iterator[None]:
-    """A deterministic, light torch on a shared machine; restored afterwards."""
+def one_torch_thread(torch: Any, row: Row | None = None) -> Iterator[None]:
+    """A deterministic, light torch on a shared machine, computing as ``row`` asks
+    (:attr:`Row.torch_numerics`); restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with row.torch_numerics(torch) if row is not None else contextlib.nullcontext():
+            yield
     finally:
         torch.set_num_threads(threads)
 
 
-def problem(label: str, dtype: Any, steps: int = STEPS) -> tuple[Any, list[Any]]:
+def problem(label: str, dtype: Any, steps: int = STEPS,
+            row: Row | None = None) -> tuple[Any, list[Any]]:
     """Initial parameters and ``steps`` gradient trees, seeded by ``label``."""
     rng = np.random.default_rng(zlib.crc32(label.encode()))
-    return make_tree(rng, dtype), [make_tree(rng, dtype) for _ in range(steps)]
+    return make_tree(rng, dtype, row), [make_tree(rng, dtype, row) for _ in range(steps)]
 
 
 def run_many(
@@ -506,7 +641,7 @@ def run_many(
     dtypes = dtype if isinstance(dtype, Mapping) else dict.fromkeys(labels, dtype)
     schedules = (lr_per_step if isinstance(lr_per_step, Mapping)
                  else dict.fromkeys(labels, lr_per_step))
-    problems = {label: problem(label, dtypes[label], steps) for label in labels}
+    problems = {label: problem(label, dtypes[label], steps, row) for label in labels}
     txs = {}
     for label in labels:
         hyper = dict(configs[label])
@@ -543,7 +678,7 @@ def run_many(
             # The schedule's float32 values, exactly: that is what both libraries use.
             ref_config["lr"] = [float(np.float32(x)) for x in schedules[label]]
         ref_history, ref_state = row.reference(
-            leaves64(params0), [leaves64(g) for g in grads], **ref_config)
+            leaves64(params0), [leaves64(g) for g in grads], **without_lucid_options(ref_config))
         errors = {
             "ref:params": max(tree_error(p, r) for p, r in zip(histories[label], ref_history)),
             "step": float(abs(int(state.step) - ref_state["step"])),
@@ -587,9 +722,9 @@ def _torch_errors(
     state: Any, torch: Any, lr_per_step: Sequence[float] | None,
 ) -> dict[str, float]:
     errors = {"torch:params": 0.0}
-    with one_torch_thread(torch):
+    with one_torch_thread(torch, row):
         theirs = [torch.tensor(np.array(x), requires_grad=True) for x in jax.tree.leaves(params0)]
-        optimizer = getattr(torch.optim, row.torch_class)(theirs, foreach=False, **config)
+        optimizer = row.torch_optimizer(torch, theirs, config)
         for t, (g, ours) in enumerate(zip(grads, history)):
             if lr_per_step is not None:
                 optimizer.param_groups[0]["lr"] = float(np.float32(lr_per_step[t]))
@@ -605,15 +740,17 @@ def _torch_errors(
             if ours_tree is None:
                 assert not any(present), f"torch has {key}, we do not"
                 continue
-            assert all(present), f"we have {key}, torch does not"
+            # Per parameter: a shape-aware state has some buffers for some shapes only.
+            ours = jax.tree.leaves(ours_tree, is_leaf=lambda x: x is None)
+            assert [a is not None for a in ours] == present, f"{key} where torch has it not"
+            pairs = [(a, p) for a, p in zip(ours, theirs) if a is not None]
             scale = row.torch_scale(key, config)
             errors[f"torch:{key}"] = max(
-                max_rel_error(a, optimizer.state[p][key].numpy() * scale)
-                for a, p in zip(jax.tree.leaves(ours_tree), theirs))
+                max_rel_error(a, optimizer.state[p][key].numpy() * scale) for a, p in pairs)
             if key in row.own_scale:
                 errors[f"torch:own:{key}"] = max(
                     own_rel_error(a, optimizer.state[p][key].numpy() * scale)
-                    for a, p in zip(jax.tree.leaves(ours_tree), theirs))
+                    for a, p in pairs)
         for key in row.scalars:  # each parameter's own, all equal: every one steps
             errors[f"torch:{key}"] = max(
                 max_rel_error(getattr(state, key), optimizer.state[p][key].numpy())
@@ -681,14 +818,17 @@ STATEFUL_STEPS = 8
 JOIN = 4
 
 
-def stateful_problem(dtype: Any) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
+def stateful_problem(dtype: Any, row: Row | None = None
+                     ) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
     """The four Parameters' initial values and their gradients step by step (None: none),
-    JOIN + STATEFUL_STEPS steps: the fourth has none before step JOIN."""
+    JOIN + STATEFUL_STEPS steps: the fourth has none before step JOIN. Shaped as ``row``
+    takes them (:meth:`Row.shape`)."""
     rng = np.random.default_rng(1000)
-    values = [rng.standard_normal(s).astype(dtype) for s in STATEFUL_SHAPES]
+    shapes = [row.shape(*s) if row is not None else s for s in STATEFUL_SHAPES]
+    values = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads: list[list[np.ndarray | None]] = []
     for t in range(JOIN + STATEFUL_STEPS):
-        g = [rng.standard_normal(s).astype(dtype) for s in STATEFUL_SHAPES]
+        g = [rng.standard_normal(s).astype(dtype) for s in shapes]
         grads.append([g[0], None if t % 3 == 0 else g[1], None, g[3] if t >= JOIN else None])
     return values, grads
 
@@ -763,7 +903,7 @@ def stateful_faces(name: str, dtype: Any, torch: Any) -> Faces:
     from lucid_fx._src.stateful.steps import compiled_step
 
     row = ROWS[name]
-    values, grads = stateful_problem(dtype)
+    values, grads = stateful_problem(dtype, row)
     local = _local_grads(row, grads)
     start = {label: 0 if label == row.richest else JOIN for label in row.grid}
     params = {label: [fx.Parameter(jnp.asarray(v)) for v in values[:len(local[label][0])]]
@@ -791,13 +931,13 @@ def stateful_faces(name: str, dtype: Any, torch: Any) -> Faces:
     torch_params = {label: [torch.nn.Parameter(torch.tensor(v)) for v in values[:len(ps)]]
                     for label, ps in params.items()}
     torch_opts = {}
-    with one_torch_thread(torch), torch_default_dtype(torch, dtype):
+    with one_torch_thread(torch, row), torch_default_dtype(torch, dtype):
         for label, config in row.grid.items():
             qs = torch_params[label]
-            topt = getattr(torch.optim, row.torch_class)(qs[:3], foreach=False, **config)
+            topt = row.torch_optimizer(torch, qs[:3], config)
             for t, step_grads in enumerate(local[label]):
                 if t == JOIN and len(qs) > 3:
-                    topt.add_param_group({"params": qs[3:], **config})
+                    topt.add_param_group({"params": qs[3:], **without_lucid_options(config)})
                 topt.zero_grad(set_to_none=True)
                 for q, g in zip(qs, step_grads):
                     if g is not None:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizers_under_test import ROWS, one_torch_thread, torch_default_dtype
+from optimizers_under_test import ROWS, Row, one_torch_thread, torch_default_dtype
 from reference import max_rel_error
 
 import lucid_fx as fx
@@ -44,13 +44,15 @@ class Problem:
     batches: list[tuple[np.ndarray, np.ndarray]]
 
 
-def make_problem(dtype: Any, seed: int = 0) -> Problem:
+def make_problem(dtype: Any, row: Row, seed: int = 0) -> Problem:
+    """The biases are vectors, or (1, n) rows for an optimizer of matrices (Muon): they
+    broadcast alike."""
     rng = np.random.default_rng(seed)
     weights = {
         "w1": rng.standard_normal((3, 8)) * 0.5,
-        "b1": rng.standard_normal(8) * 0.1,
+        "b1": rng.standard_normal(row.shape(8)) * 0.1,
         "w2": rng.standard_normal((8, 1)) * 0.5,
-        "b2": np.zeros(1),
+        "b2": np.zeros(row.shape(1)),
     }
     batches = []
     for _ in range(STEPS):
@@ -72,16 +74,17 @@ def jax_loss(m: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
 def compare(name: str, dtype: Any) -> dict[str, float]:
     """Trains with both libraries; returns the max error per quantity over all steps."""
     row = ROWS[name]
-    config = {**row.grid[row.richest], "maximize": False}  # training: down the loss
-    problem = make_problem(dtype)
+    config = dict(row.grid[row.richest])
+    if "maximize" in config:
+        config["maximize"] = False  # training: down the loss
+    problem = make_problem(dtype, row)
     model = {k: fx.Parameter(v) for k, v in problem.weights.items()}
     names = sorted(model)  # fx.parameters order for a dict: sorted keys
     optimizer = row.stateful(fx.parameters(model), **config)
     errors = {"params": 0.0, "loss": 0.0}
-    with one_torch_thread(torch), torch_default_dtype(torch, dtype):
+    with one_torch_thread(torch, row), torch_default_dtype(torch, dtype):
         theirs = {k: torch.nn.Parameter(torch.from_numpy(problem.weights[k].copy())) for k in names}
-        torch_optimizer = getattr(torch.optim, row.torch_class)([theirs[k] for k in names],
-                                                                **config)
+        torch_optimizer = row.torch_optimizer(torch, [theirs[k] for k in names], config)
         for x, y in problem.batches:
             def closure(x: np.ndarray = x, y: np.ndarray = y) -> jax.Array:
                 optimizer.zero_grad()

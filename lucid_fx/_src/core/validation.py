@@ -73,7 +73,9 @@ def check_hyperparameter(
         low = -math.inf
     below_high = high is None or (number < high if high_open else number <= high)
     if not low <= number or not below_high:
-        if high is not None:
+        if high is not None and low == -math.inf:
+            valid = f"{'<' if high_open else '<='} {high}"
+        elif high is not None:
             valid = f"in [{low}, {high}{')' if high_open else ']'}"
         else:
             valid = f">= {low}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from lucid_fx._src.stateful.optimizer import Optimizer, Params
@@ -729,7 +730,7 @@ class Muon(Optimizer):
 
     def _check_parameters(self, params: list[Parameter]) -> None:
         super()._check_parameters(params)
-        check_matrices("Muon", [p.shape for p in params])
+        check_matrices("Muon", [jax.ShapeDtypeStruct(p.shape, p.dtype) for p in params])
 
 
 class Adafactor(Optimizer):

@@ -51,6 +51,7 @@ from lucid_fx._src.core.validation import (
     check_float_leaves,
     check_hyperparameter,
     check_real_leaves,
+    check_same_structure,
     check_state,
     check_update_trees,
     is_static_zero,
@@ -330,6 +331,26 @@ def _with_weight_decay(kernel: Kernel, decay: WeightDecay, reads_param: bool) ->
     return step
 
 
+def _check_shapes_by_rule(declared: schema.Schema, state: Any, updates: Updates,
+                          params: Params | None, fields: Sequence[str]) -> None:
+    """A shape-aware state's arrays have their own shapes (Adafactor's row factor: the
+    parameter's, last dimension 1): each gradient must give the state's shapes by the
+    schema's rules, and the parameters the gradients' shapes."""
+    grads = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for field in fields:
+        leaves = tree_leaves_or_none(updates, getattr(state, field))
+        for (path, g), held in zip(grads, leaves):
+            expected = declared.fields[field].shape_for(np.shape(g))
+            if (None if held is None else np.shape(held)) != expected:
+                raise ValueError(
+                    f"gradients do not match the state: {jax.tree_util.keystr(path)} has "
+                    f"shape {np.shape(g)}, but the state's {field} there is "
+                    f"{'absent' if held is None else f'of shape {np.shape(held)}'}"
+                )
+    if params is not None:
+        check_same_structure(updates, params, what="params", against="the gradients")
+
+
 def kernel_transform(
     name: str,
     state_type: type[State],
@@ -494,6 +515,8 @@ def kernel_transform(
         structure = None if reference is None else getattr(state, reference)
         check_update_trees(name, structure, updates, params, needs_params=needs_params,
                            stateless=reference is None, shapes=like_params)
+        if not like_params:  # no state tree has the parameters' shapes: the rules say
+            _check_shapes_by_rule(declared, state, updates, params, in_use)
         grads = jax.tree.map(jnp.negative if maximize else jnp.asarray, updates)
         step = next_step(state.step)
         theta = params if needs_params is not None else None

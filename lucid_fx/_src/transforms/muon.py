@@ -38,7 +38,7 @@ from lucid_fx._src.core.validation import (
     check_hyperparameter,
 )
 from lucid_fx._src.transforms.kernel_transform import WeightDecay, kernel_transform, scheduled
-from lucid_fx._src.transforms.numerics import lerp
+from lucid_fx._src.transforms.numerics import lerp, wide_product
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
@@ -178,17 +178,19 @@ def muon_kernel(
     buffer = new_buffer.astype(compute)
     update = lerp(g, buffer, h(momentum)) if nesterov else buffer
     ortho = partitioned_by_compiler(
-        lambda u: newton_schulz(u, ns_coefficients, ns_steps, eps, ns_dtype), update
+        lambda u: newton_schulz(u, ns_coefficients, ns_steps, eps,
+                                compute if ns_dtype is None else ns_dtype), update
     ).astype(compute)
-    # torch's param.add_(update, alpha=-adjusted_lr): lr·ratio formed before the cast.
-    return -h(lr * adjusted_ratio(g.shape, adjust_lr_fn)) * ortho, new_buffer
+    # torch's param.add_(update, alpha=-adjusted_lr): lr·ratio formed before the cast, at
+    # least as wide as the math (a float32 schedule's lr under float64 math stays exact).
+    return -h(wide_product(lr, adjusted_ratio(g.shape, adjust_lr_fn), compute)) * ortho, new_buffer
 
 
-def check_matrices(name: str, shapes: Params) -> None:
-    """Raises ``ValueError`` (torch's type and words) naming the first leaf of ``shapes``
-    (arrays, or shape tuples) that is not 2-D."""
+def check_matrices(name: str, tree: Params) -> None:
+    """Raises ``ValueError`` (torch's type and words) naming the first leaf of ``tree``
+    (arrays, or ``jax.ShapeDtypeStruct``s) that is not 2-D."""
     def check(path: Any, leaf: Any) -> None:
-        shape = leaf if type(leaf) is tuple else tuple(np.shape(leaf))
+        shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
         if len(shape) != 2:
             where = jax.tree_util.keystr(path) or "the parameter"
             raise ValueError(
@@ -197,8 +199,7 @@ def check_matrices(name: str, shapes: Params) -> None:
                 f"heads and biases)"
             )
 
-    # A shape is a plain tuple; optax's MaskedNode (a NamedTuple, no leaves) is not one.
-    jax.tree_util.tree_map_with_path(check, shapes, is_leaf=lambda x: type(x) is tuple)
+    jax.tree_util.tree_map_with_path(check, tree)
 
 
 @schema.makes(MuonState, static=("ns_steps",))
@@ -242,8 +243,10 @@ def muon(
         counts into ``state.skipped`` (default False: they propagate, as in torch).
       state_dtype: dtype of B (default: each parameter's own).
       ns_dtype: the dtype the iteration runs in: ``jnp.bfloat16`` (default, as
-        torch's), or ``jnp.float32`` for an iteration that loses nothing to
-        bfloat16. lucid_fx's own option.
+        torch's), ``jnp.float32`` for an iteration that loses nothing to
+        bfloat16, or ``None`` for the arithmetic's own (float32, or float64 for
+        float64 parameters: torch's iteration without its cast to bfloat16).
+        lucid_fx's own option.
 
     Returns:
       A :class:`GradientTransformation` whose state is :class:`MuonState`.
@@ -288,6 +291,9 @@ def muon(
         raise ValueError(f"Invalid adjust_lr_fn value: {adjust_lr_fn!r} (expected None, "
                          f"'original' or 'match_rms_adamw')")
     check_float_dtype("ns_dtype", ns_dtype)
+    if ns_dtype is not None and jnp.issubdtype(ns_dtype, jnp.complexfloating):
+        raise ValueError(f"Invalid ns_dtype value: {ns_dtype!r} (expected None or a real "
+                         f"floating-point dtype)")
     tx = kernel_transform(
         "muon", MuonState, muon_kernel,
         kernel_args=lambda state, t: dict(
