@@ -653,7 +653,12 @@ refuses what torch accepts, on purpose:
   it silently, so a misspelt `"weight_decy"` is lost);
 - values torch takes but that no run can use: `alpha > 1` for RMSprop,
   `lambd`, `alpha` or `t0` below 0 for ASGD, a non-pair `step_sizes` for
-  Rprop, a negative `step` in a state dict, and the like (the table below);
+  Rprop, a negative `eps` for Muon, a negative `step` in a state dict, and the
+  like (the table below);
+- in the constructor, what torch refuses only at the first step: Muon's
+  `ns_steps` of 100 or more and malformed `ns_coefficients` (`ValueError`),
+  and a complex Parameter given to Muon or Adafactor (`RuntimeError`, torch's
+  types);
 - `differentiable=True`: a stateful step writes its Parameters in place, so
   there is nothing to differentiate; the functional face is the
   differentiable one (`jax.grad` through `tx.update`);
