@@ -64,6 +64,33 @@ def test_train_digits_smoke_prints_accuracy_and_writes_curves(
     _assert_png(tmp_path / "digits.png")
 
 
+@pytest.mark.slow  # trains, twice
+@pytest.mark.parametrize(("flags", "label"), [(["--swa"], "swa"), (["--ema", "0.9"], "ema")])
+def test_train_digits_averages_the_weights(
+    load_example: Callable[[str], ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    flags: list[str], label: str,
+) -> None:
+    """--swa (torch's recipe with SWALR) and --ema: the averaged model is evaluated and
+    its accuracy printed and returned, beside the trained model's."""
+    accuracy = load_example("train_digits").main(["--smoke", "--out", str(tmp_path), *flags])
+    out = capsys.readouterr().out
+    assert _number_after(f"{label} test accuracy:", out) == pytest.approx(100 * accuracy, abs=0.05)
+    assert re.search(r"^test accuracy: \d{1,3}\.\d%$", out, re.MULTILINE)
+    assert 0.3 < accuracy <= 1.0  # smoke: 2 short epochs (86.7% and 78.3% measured)
+    _assert_png(tmp_path / "digits.png")
+
+
+def test_muon_split_trains_the_same_on_both_faces(
+    load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """torch's recipe (Muon for the hidden matrices, AdamW for the rest) on both faces, two
+    epochs: one step of each agrees to float32 rounding, and both learn the digits."""
+    results = load_example("muon_split").main(["--epochs", "2", "--check-faces"])
+    assert results["faces_max_difference"] < 1e-6
+    assert results["functional_accuracy"] > 0.8 and results["stateful_accuracy"] > 0.8
+    assert "largest difference between the faces' weights after one step" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # two child processes
 def test_train_digits_compile_cache_is_written_once_and_read_after(
     tmp_path: Path, child_env: dict[str, str],
