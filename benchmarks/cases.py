@@ -32,7 +32,6 @@ from harness import (
     Settings,
     contender,
     copy_tree,
-    format_value,
     hlo_stats,
     interleave,
     jax_loop,
@@ -43,6 +42,7 @@ from harness import (
     triad_step,
 )
 from shape_aware import adafactor, muon
+from table import format_value
 
 import lucid_fx as fx
 from lucid_fx import FlatLayout, flatten

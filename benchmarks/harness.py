@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import table
 
 import lucid_fx as fx
 
@@ -222,32 +223,12 @@ class Row:
         return value / self.lucid_fx
 
 
-def format_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "bytes":
-        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.3g} MiB"
-    for scale, suffix in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if value >= scale:
-            return f"{value / scale:.3g} {suffix}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def format_ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+def as_table_row(row: Row) -> dict[str, Any]:
+    """``row`` as :mod:`table` and the JSON take it: its fields and its ratios."""
+    return vars(row) | {"optax_over_lucid_fx": row.ratio("optax"),
+                        "torch_over_lucid_fx": row.ratio("torch")}
 
 
 def markdown_table(rows: list[Row]) -> str:
-    header = (
-        "| case | lucid_fx | optax | torch | optax / lucid_fx | torch / lucid_fx | notes |\n"
-        "|---|---:|---:|---:|---:|---:|---|"
-    )
-    lines = [header]
-    for row in rows:
-        lines.append(
-            f"| {row.case} | {format_value(row.lucid_fx, row.unit)} | "
-            f"{format_value(row.optax, row.unit)} | {format_value(row.torch, row.unit)} | "
-            f"{format_ratio(row.ratio('optax'))} | {format_ratio(row.ratio('torch'))} | "
-            f"{row.notes} |"
-        )
-    return "\n".join(lines)
+    return table.markdown_table(as_table_row(row) for row in rows)
+

@@ -47,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import CASES, SECTIONS
-from harness import Row, Settings, machine, markdown_table
+from harness import Row, Settings, as_table_row, machine, markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": vars(settings),
             "case_seconds": durations,
             "sections": sections,
-            "rows": [vars(row) | {"optax_over_lucid_fx": row.ratio("optax"),
-                                  "torch_over_lucid_fx": row.ratio("torch")} for row in rows],
+            "rows": [as_table_row(row) for row in rows],
         }, indent=2, default=str))
     return 0
 

@@ -21,24 +21,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the table's format, shared with the benchmark
+from table import markdown_table
+
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "cpu.json"
 DEFAULT_OUT = ROOT / "docs" / "performance.md"
 Row = dict[str, Any]
-
-
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "bytes":
-        return f"{value / 2**30:.2f} GiB"
-    for scale, suffix in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if value >= scale:
-            return f"{value / scale:.3g} {suffix}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
 
 
 def times(x: float) -> str:
@@ -49,22 +37,6 @@ def times(x: float) -> str:
 def span(values: list[float], fmt: Callable[[float], str] = lambda v: f"{v:.2f}") -> str:
     low, high = min(values), max(values)
     return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
-
-
-def table(rows: list[Row]) -> str:
-    lines = [
-        "| case | lucid_fx | optax | torch | optax / lucid_fx | torch / lucid_fx | notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for row in rows:
-        notes = row["notes"].replace("|", "\\|")
-        lines.append(
-            f"| {row['case']} | {fmt_value(row['lucid_fx'], row['unit'])} | "
-            f"{fmt_value(row['optax'], row['unit'])} | {fmt_value(row['torch'], row['unit'])} | "
-            f"{fmt_ratio(row['optax_over_lucid_fx'])} | {fmt_ratio(row['torch_over_lucid_fx'])} | "
-            f"{notes} |"
-        )
-    return "\n".join(lines)
 
 
 def findings(rows: list[Row]) -> list[str]:
@@ -254,6 +226,48 @@ def findings(rows: list[Row]) -> list[str]:
             f"bytes per element ({hlo['f32_state']['hlo_bytes_per_element']:g} with a float32 v) "
             f"and runs {times(bf16['optax_over_lucid_fx'])} faster than optax's."
         )
+    muon = next(iter(starting("Muon, ")), None)
+    if muon:
+        t = muon["extra"]["times_s"]
+        label = muon["case"].removeprefix("Muon, ").split(":")[0]
+        text = f"- **Muon** on {label}: "
+        others = [(f"`optax.contrib.muon` {times(muon['optax_over_lucid_fx'])}", "optax"),
+                  (f"torch's `Muon` {times(muon['torch_over_lucid_fx'] or 0)}", "torch")]
+        text += " and ".join(s for s, key in others if muon[f"{key}_over_lucid_fx"])
+        text += (
+            " as long as `fx.muon`'s jitted step, whose Newton–Schulz runs once per shape; "
+            f"the same step with one iteration per matrix takes {t['one by one'] / t['lucid_fx']:.2f}×, "
+            f"with the iteration in float32 {t['float32'] / t['lucid_fx']:.2f}×, and "
+            f"`fx.Muon.step()` {t['stateful'] / t['lucid_fx']:.2f}×."
+        )
+        out.append(text)
+    factored = next(iter(starting("Adafactor, ")), None)
+    state = next(iter(starting("Adafactor's state")), None)
+    if factored and state:
+        held = state["extra"]["state_bytes"]
+        text = "- **Adafactor**: "
+        if factored["torch_over_lucid_fx"]:
+            text += f"torch's foreach step takes {times(factored['torch_over_lucid_fx'])} and "
+        text += (
+            f"`optax.adafactor` (the paper's algorithm) {times(factored['optax_over_lucid_fx'])} as "
+            f"long as `fx.adafactor`'s jitted step; its factored state is "
+            f"{held['lucid_fx'] / 2**20:.3g} MiB where `fx.adam`'s is "
+            f"{held['fx.adam'] / 2**20:.0f} MiB ({held['fx.adam'] / held['lucid_fx']:.0f}× as much)."
+        )
+        out.append(text)
+    ema = starting("EMA update, ")
+    if ema:
+        vs_tree = [r["optax_over_lucid_fx"] for r in ema]
+        text = (
+            "- **Weight averaging** (an EMA update of a model's average, "
+            "`swa_utils.AveragedModel.update_parameters`): a jitted `tree_map` "
+            f"(`optax.incremental_update`, the optax column) takes {span(vs_tree, times)} as long"
+        )
+        vs_torch = [r["torch_over_lucid_fx"] for r in ema if r["torch_over_lucid_fx"]]
+        if vs_torch:
+            text += f", and torch's `AveragedModel` {span(vs_torch, times)}"
+        out.append(text + ", over " + ", ".join(r["case"].removeprefix("EMA update, ") for r in ema)
+                   + ".")
     return out
 
 
@@ -303,7 +317,7 @@ def render(data: dict[str, Any], source: str) -> str:
         "",
         "## Results",
         "",
-        table(rows),
+        markdown_table(rows),
         "",
         "How to read the table:",
         "",
