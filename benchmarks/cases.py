@@ -40,6 +40,7 @@ from harness import (
     torch_tensors,
     transform_step,
     triad_step,
+    wait_for_step,
 )
 from shape_aware import adafactor, muon
 from table import format_value
@@ -365,19 +366,9 @@ def _stateful_loop(
                 for p, g in zip(model, grads):
                     p.grad = g
             optimizer.step()
-        _block(optimizer, model)
+        wait_for_step(optimizer)
 
     return run
-
-
-def _block(optimizer: fx.RMSprop, model: list[fx.Parameter]) -> None:
-    # Wait on the packed buffers themselves: reading .value would first cut every
-    # per-parameter view, a cost of the read and not of step().
-    packs = getattr(optimizer, "_packs", None)
-    if packs is not None:
-        jax.block_until_ready([pack.buffer for group in packs for pack in group])
-    else:
-        jax.block_until_ready([p.value for p in model])
 
 
 def small(settings: Settings) -> list[Row]:
@@ -438,7 +429,7 @@ def compile_time(settings: Settings) -> list[Row]:
                 start += time.perf_counter() - paused
             for _ in range(2):
                 optimizer.step()
-            _block(optimizer, model)
+            wait_for_step(optimizer)
             return time.perf_counter() - start
         return build
 

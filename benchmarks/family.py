@@ -27,7 +27,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import Row, Settings, copy_tree, jax_loop, timed, torch, torch_tensors, transform_step
+from harness import (
+    Row,
+    Settings,
+    copy_tree,
+    jax_loop,
+    timed,
+    torch,
+    torch_tensors,
+    transform_step,
+    wait_for_step,
+)
 
 import lucid_fx as fx
 from lucid_fx._src.stateful.steps import CPU_COMPILER_OPTIONS
@@ -90,14 +100,13 @@ def _stateful_run(member: Member, params: list[jax.Array],
                   grads: list[jax.Array]) -> Callable[[int], None]:
     model = [fx.Parameter(p) for p in params]
     optimizer = getattr(fx, member.stateful)(model, **member.kwargs)
-    packs = optimizer._packs  # wait on the packed buffers, not on 1000 cut views
 
     def run(n: int) -> None:
         for _ in range(n):
             for p, g in zip(model, grads):
                 p.grad = g
             optimizer.step()
-        jax.block_until_ready([pack.buffer for group in packs for pack in group])
+        wait_for_step(optimizer)
 
     return run
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import Row, Settings, copy_tree, jax_loop, timed, torch, transform_step
+from harness import Row, Settings, copy_tree, jax_loop, timed, torch, transform_step, wait_for_step
 
 import lucid_fx as fx
 
@@ -67,7 +67,7 @@ def _stateful(cls: Any, params: dict[str, jax.Array], grads: dict[str, jax.Array
             for k, p in model.items():
                 p.grad = grads[k]
             optimizer.step()
-        jax.block_until_ready([p.value for p in model.values()])
+        wait_for_step(optimizer)
 
     return run
 

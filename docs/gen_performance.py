@@ -39,7 +39,7 @@ def span(values: list[float], fmt: Callable[[float], str] = lambda v: f"{v:.2f}"
     return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
 
 
-def findings(rows: list[Row]) -> list[str]:
+def findings(rows: list[Row], on_cpu: bool) -> list[str]:
     """What the numbers say, each sentence computed from the rows it cites."""
 
     def row(case: str) -> Row | None:
@@ -240,6 +240,14 @@ def findings(rows: list[Row]) -> list[str]:
             f"with the iteration in float32 {t['float32'] / t['lucid_fx']:.2f}×, and "
             f"`fx.Muon.step()` {t['stateful'] / t['lucid_fx']:.2f}×."
         )
+        if on_cpu:
+            text += (
+                " On a CPU the step is its matrix products: XLA:CPU runs a batched product "
+                "as a loop over its matrices, so batching saves dispatches and no more, and "
+                "torch's bfloat16 products (oneDNN) outrun XLA's float32 ones. Batching is "
+                "meant for accelerators, where one small product leaves most of the chip idle; "
+                "a run of this benchmark on a GPU measures it."
+            )
         out.append(text)
     factored = next(iter(starting("Adafactor, ")), None)
     state = next(iter(starting("Adafactor's state")), None)
@@ -330,7 +338,7 @@ def render(data: dict[str, Any], source: str) -> str:
         "",
         "## What the numbers say",
         "",
-        *findings(rows),
+        *findings(rows, about["jax_device"].startswith("cpu")),
         "",
     ]
     for name, text in data.get("sections", {}).items():
