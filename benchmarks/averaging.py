@@ -1,7 +1,7 @@
 """Weight averaging: ``AveragedModel.update_parameters`` against torch's and a jitted ``tree_map``.
 
 One EMA update (decay 0.999, torch's ``get_ema_multi_avg_fn``) of the average of
-a model's weights, per tensor set (``cases.tensor_sets``, and a few large tensors):
+a model's weights, per tensor set (``workloads.tensor_sets``, and a few large tensors):
 
 - lucid_fx: ``swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))``
   with the model held by ``fx.SGD``, as in training: one compiled, donated call
@@ -40,6 +40,7 @@ from harness import (
     torch,
     torch_tensors,
 )
+from workloads import tensor_sets
 
 import lucid_fx as fx
 from lucid_fx import swa_utils
@@ -54,9 +55,7 @@ FOREACH = "torch._foreach_lerp_ alone"
 
 
 def _sets(settings: Settings) -> dict[str, list[tuple[int, ...]]]:
-    """The benchmarks' tensor sets (``cases.tensor_sets``), and a few large tensors."""
-    from cases import tensor_sets  # here: cases.py may import this module
-
+    """The benchmarks' tensor sets (``workloads.tensor_sets``), and a few large tensors."""
     large = {"4 x 256K": [(2**18,)] * 4} if settings.quick else {"4 x 4M": [(4 * 2**20,)] * 4}
     return {**tensor_sets(settings), **large}
 
