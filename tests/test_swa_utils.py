@@ -661,7 +661,8 @@ def test_an_optimizer_over_the_average_is_refused_by_update_parameters() -> None
 
 def test_update_bn_recomputes_flax_batchnorm_statistics_as_torch() -> None:
     """Means equal torch's; variances are Flax's biased ones: torch's unbiased·(n-1)/n."""
-    nnx = pytest.importorskip("flax.nnx")
+    nnx = pytest.importorskip(
+        "flax.nnx", reason="update_bn recomputes Flax NNX BatchNorm statistics (the test extra)")
     torch.manual_seed(0)
     tnet = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     net = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0)),
