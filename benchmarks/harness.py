@@ -241,4 +241,3 @@ def as_table_row(row: Row) -> dict[str, Any]:
 
 def markdown_table(rows: list[Row]) -> str:
     return table.markdown_table(as_table_row(row) for row in rows)
-
