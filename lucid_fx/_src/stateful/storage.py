@@ -118,7 +118,9 @@ class ParamPack:
             raise ValueError(f"a flat buffer holds at most {FLAT_MAX_ELEMENTS} elements")
         self.layout = layout
         self.params = list(params)
-        self.buffer: jax.Array = values[0] if layout.kind == "single" else layout.pack(values)
+        # One compiled pack per layout: packed eagerly, each Parameter's ravel would
+        # compile once per shape (9 ms each: 0.9 s for a hundred shapes).
+        self.buffer: jax.Array = values[0] if layout.kind == "single" else _pack(values, layout)
         self.grad: jax.Array | None = None
         self.has_grad = np.zeros(len(params), bool)
         self.grad_overrides: dict[int, jax.Array] = {}
