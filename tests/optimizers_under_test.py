@@ -33,6 +33,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from reference import (
     adadelta_reference,
     adagrad_reference,
@@ -541,6 +542,25 @@ ROWS: dict[str, Row] = {
         needs_params=({}, "its step is scaled by each parameter's RMS"),
         faces_ulps={"value": 1, "col_var": 1}),  # measured 0.5 (float64)
 }
+
+
+# The fast tier (``pytest -m "not slow"``) runs the generic tests that compile a step for one
+# row of each kind of state: buffers only (RMSprop, Adam), per-parameter scalars inside a
+# flat buffer (ASGD's η and μ), and shape-aware factors (Adafactor). Compilation is most of
+# their time, so the other rows go to the slow tier, which CI runs; the float32 parity grid
+# and the validation tests keep every row in the fast tier.
+FAST_ROWS = ("rmsprop", "adam", "asgd", "adafactor")
+
+
+def tiered(cases: Collection[Any], ids: Sequence[str] | None = None) -> list[Any]:
+    """``cases`` (row names, or tuples that start with one) as pytest parameters, those of
+    a row not in :data:`FAST_ROWS` marked ``slow``."""
+    params = []
+    for i, case in enumerate(cases):
+        values = case if isinstance(case, tuple) else (case,)
+        params.append(pytest.param(*values, id=None if ids is None else ids[i],
+                                   marks=[] if values[0] in FAST_ROWS else [pytest.mark.slow]))
+    return params
 
 
 # ------------------------------------------------------------------ problems and runs

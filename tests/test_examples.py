@@ -80,6 +80,7 @@ def test_train_digits_averages_the_weights(
     _assert_png(tmp_path / "digits.png")
 
 
+@pytest.mark.slow  # trains on both faces; tests/test_muon.py checks the recipe's numbers
 def test_muon_split_trains_the_same_on_both_faces(
     load_example: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str],
 ) -> None:

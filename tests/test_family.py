@@ -59,6 +59,7 @@ from optimizers_under_test import (
     split,
     stateful_faces,
     stateful_problem,
+    tiered,
     torch_default_dtype,
     tree_error,
     without_lucid_options,
@@ -86,7 +87,7 @@ def _torch_keys(row: Row, state: dict[str, Any]) -> set[str]:
     return {key for key in state if fields[key].torch_key}
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_nonfinite_gradients_propagate_by_default(name: str) -> None:
     """To their own elements only (their own matrix, for a matrix's update), and in the
     stateful face not to the Parameter that shares their packed buffer or stack either."""
@@ -121,7 +122,7 @@ def _skipping(name: str) -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_skip_nonfinite_changes_nothing_and_counts(name: str, bad: float) -> None:
     """A skipped step keeps ``step`` too, so a bias correction after it is still right."""
     row = ROWS[name]
@@ -146,7 +147,7 @@ def test_skip_nonfinite_changes_nothing_and_counts(name: str, bad: float) -> Non
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_low_precision_params_keep_their_dtype(name: str, dtype: Any) -> None:
     row = ROWS[name]
     rng = np.random.default_rng(7)
@@ -161,7 +162,7 @@ def test_low_precision_params_keep_their_dtype(name: str, dtype: Any) -> None:
     assert {x.dtype for x in leaves} == {jnp.dtype(dtype)}
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_state_dtype_float32_for_bfloat16_params(name: str) -> None:
     row = ROWS[name]
     # Without weight decay the buffers depend on the (exact) bfloat16 gradients only,
@@ -194,7 +195,7 @@ def test_state_dtype_float32_for_bfloat16_params(name: str) -> None:
             assert tree_error(value, ref[key]) <= RTOL_REF_F32, key
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_float32_stays_float32_under_x64(name: str) -> None:
     """Under x64 Python numbers and schedules are 64-bit: float32 parameters still get
     float32 updates, buffers and per-parameter scalars, an int32 step, and float32
@@ -241,7 +242,7 @@ def test_the_state_at_init(name: str) -> None:
             assert getattr(traced_zero, field) is not None, field
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_donated_state_gives_the_same_result(name: str) -> None:
     row = ROWS[name]
     tx, update = _skipping(name)
@@ -348,7 +349,7 @@ def _torch_arguments(row: Row) -> tuple[list[Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("call", ["positional", "keyword"])
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_torchs_whole_signature_gives_torchs_defaults_and_groups(name: str, call: str) -> None:
     """torch's full argument list, by position where torch takes it so or all by keyword,
     builds the optimizer torch builds: ``defaults`` and the group hold torch's keys and
@@ -377,7 +378,7 @@ def test_torchs_whole_signature_gives_torchs_defaults_and_groups(name: str, call
     ours.step()  # the options change nothing in the step
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_implementation_options_are_checked_as_torch_would(name: str) -> None:
     row = ROWS[name]
     names = inspect.signature(row.stateful.__init__).parameters
@@ -601,7 +602,7 @@ def test_parity(name: str, key: str, dtype: Any) -> None:
         assert any(k.startswith("torch:") for k in errors), errors
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_eager_updates_match_like_jitted_ones(name: str) -> None:
     """The richest configuration op by op, without jit (torch where it computes alike)."""
     row = ROWS[name]
@@ -612,7 +613,7 @@ def test_eager_updates_match_like_jitted_ones(name: str) -> None:
     assert theirs <= RTOL_TORCH_F32, errors
 
 
-@pytest.mark.parametrize("name", [name for name, row in ROWS.items() if row.lrs is not None])
+@pytest.mark.parametrize("name", tiered([n for n, row in ROWS.items() if row.lrs is not None]))
 def test_inject_hyperparams_changes_lr_without_recompiling(name: str) -> None:
     row = ROWS[name]
     rng = np.random.default_rng(10)
@@ -634,7 +635,7 @@ def test_inject_hyperparams_changes_lr_without_recompiling(name: str) -> None:
     assert tree_error(params, history[-1]) <= RTOL_REF_F32
 
 
-@pytest.mark.parametrize("name", [name for name, row in ROWS.items() if row.lrs is not None])
+@pytest.mark.parametrize("name", tiered([n for n, row in ROWS.items() if row.lrs is not None]))
 def test_a_scheduler_drives_the_class_as_torchs_and_compiles_nothing(name: str) -> None:
     """``fx.lr_scheduler.StepLR`` over the class, against torch's StepLR over torch's: the
     same lr at every step, the same parameters (where the row follows torch when lr
@@ -721,7 +722,7 @@ def _faces_apart(name: str, errors: dict[str, float], dtype: Any) -> dict[str, f
             and error > allowed.get(key.removeprefix("functional:"), 0) * np.finfo(dtype).eps}
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_stateful_face_matches_torch_and_the_functional_face(name: str) -> None:
     """Every flag combination, each a param group of one optimizer (all but the first
     added by add_param_group mid-run), the Parameters of each packed buffer joining late,
@@ -759,7 +760,7 @@ def _in_torch_layout(ours: Any, scale: float) -> np.ndarray:
     return array if scale == 1.0 else (array.astype(np.float64) / scale).astype(array.dtype)
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_state_dict_round_trip(name: str) -> None:
     """Our state dict loads into an optimizer of the same groups, every entry as it was;
     the Parameter that never stepped has none (torch's indices: one per Parameter)."""
@@ -781,7 +782,7 @@ def test_state_dict_round_trip(name: str) -> None:
                     np.testing.assert_array_equal(copy.state[q][key], value, err_msg=key)
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_torch_state_dicts_load_as_they_are(name: str) -> None:
     """Each configuration's torch state dict (its late group too) loads into ours, every
     per-Parameter entry as torch's (steps as counts here, float tensors there; scaled
@@ -805,7 +806,7 @@ def test_torch_state_dicts_load_as_they_are(name: str) -> None:
                         err_msg=f"{where}: {key}")
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_torch_loads_our_state_dict_as_it_is(name: str) -> None:
     """torch's class, in the same groups as the run's optimizer, loads its torch state
     dict: every per-Parameter entry as ours, none for the Parameters that never stepped."""
@@ -828,7 +829,7 @@ def test_torch_loads_our_state_dict_as_it_is(name: str) -> None:
                         err_msg=f"{where}: {key}")
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_torch_state_dicts_load_and_export_and_the_run_continues_as_torchs(name: str) -> None:
     """torch -> fx: load torch's dict after 4 steps and go on as torch goes on; fx -> torch:
     torch loads our export and goes on as we do. Every buffer is on (the richest config)."""
@@ -919,7 +920,7 @@ def _steps(row: Row, params: dict[str, Any], opt: Any, grads: list[dict[str, np.
         opt.step()
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(name: str) -> None:
     """torch (named) -> fx -> torch (unnamed, as torch's examples build it): the run goes on
     as one torch run, though the two sides list the parameters in different orders; every
@@ -962,7 +963,7 @@ def test_a_checkpoint_goes_torch_to_fx_to_torch_by_name(name: str) -> None:
             assert (mine[key].shape, mine[key].dtype) == (tensor.shape, tensor.dtype), (n, key)
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_an_unnamed_dict_into_a_named_optimizer_warns_at_each_load(name: str) -> None:
     torch, row = _torch(), ROWS[name]
     module, _, _ = _named_runs(row)
@@ -985,7 +986,7 @@ def test_an_unnamed_dict_into_a_named_optimizer_warns_at_each_load(name: str) ->
         unnamed.torch_state_dict(param_names=["w", "v", "s"])
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_our_state_dict_goes_through_torch_save_and_the_default_torch_load(
     name: str, tmp_path: Any
 ) -> None:
@@ -1037,7 +1038,7 @@ def _donated_copies(name: str, platform: str) -> int:
     return len(re.findall(rf"= f32\[{dims}\]\{{[\d,]+\}} copy\(", hlo))
 
 
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_the_cpu_step_copies_no_donated_buffer(name: str) -> None:
     """A copy of a donated buffer costs a pass over it per step (ASGD's step took 3x as
     long with one): XLA:CPU inserts one where an output overwrites a buffer that another
@@ -1106,8 +1107,9 @@ def test_load_refuses_a_negative_value_and_changes_nothing(name: str, key: str, 
     assert opt.state_dict()["state"] == {}
 
 
-# Last: these write into the shared run's param_groups (and put everything back).
-@pytest.mark.parametrize("name, bad", BAD, ids=BAD_IDS)
+# Last: these write into the shared run's param_groups (and put everything back). Each row
+# needs its whole stateful run (_faces), so the fast tier keeps the FAST_ROWS' cases.
+@pytest.mark.parametrize("name, bad", tiered(BAD, ids=BAD_IDS))
 def test_a_bad_value_written_into_param_groups_changes_nothing(name: str, bad: Bad) -> None:
     """Checked at step (a scheduler or a user writes param_groups), before anything moves."""
     run = _faces(name, np.float32)

@@ -198,7 +198,10 @@ def test_the_nudge_sets_the_floor() -> None:
     assert np.median(nudged) < np.median(other_dtype), (nudged, other_dtype)
 
 
-@pytest.mark.parametrize("label", sorted(CONFIGS))
+# The fast tier keeps the defaults; the table's row runs the whole grid (tests/test_family.py).
+@pytest.mark.parametrize("label", [
+    pytest.param(label, marks=[] if label == "defaults" else [pytest.mark.slow])
+    for label in sorted(CONFIGS)])
 def test_matches_the_float64_reference(label: str) -> None:
     """The iteration in float64 (``ns_dtype``): ours is the formulas to the last bits,
     over a trajectory of tall, wide and square matrices, functional and stateful."""
@@ -338,6 +341,7 @@ def test_a_small_matrix_keeps_its_shape_among_large_ones() -> None:
 # ---------------------------------------------------------------- sharding
 
 
+@pytest.mark.slow  # eight simulated devices, two mesh kinds
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
 def test_a_sharded_matrix_orthogonalises_as_on_one_device(eight_devices: list[Any],
                                                           axis_type: str) -> None:
@@ -385,6 +389,7 @@ def test_a_sharded_matrix_orthogonalises_as_on_one_device(eight_devices: list[An
 # ---------------------------------------------------------------- torch's recipe, both faces
 
 
+@pytest.mark.slow  # two optimizers and a partition on both faces: 5 s of compilation
 def test_muon_for_matrices_adamw_for_the_rest_on_both_faces() -> None:
     """torch's recipe: Muon for hidden matrices, AdamW for biases (and embeddings and
     heads). The stateful face as torch writes it (two optimizers), the functional

@@ -566,6 +566,7 @@ def adapter_results(run_python: Callable[..., Any], tmp_path_factory: Any) -> di
     return run_python("import test_sharding; test_sharding.main('adapter')", env=env)
 
 
+@pytest.mark.slow  # every check compiles anew for eight devices (13 s in all)
 @pytest.mark.parametrize("check_fn", CHECKS["functional"], ids=lambda fn: fn.__name__)
 def test_on_eight_devices(eight_devices: list[Any], check_fn: Callable[[], None]) -> None:
     check_fn()

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizers_under_test import ROWS, Row, one_torch_thread, torch_default_dtype
+from optimizers_under_test import ROWS, Row, one_torch_thread, tiered, torch_default_dtype
 from reference import max_rel_error
 
 import lucid_fx as fx
@@ -114,7 +114,7 @@ def compare(name: str, dtype: Any) -> dict[str, float]:
 
 @pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)],
                          ids=["float32", "float64"])
-@pytest.mark.parametrize("name", ROWS)
+@pytest.mark.parametrize("name", tiered(ROWS))
 def test_a_training_loop_matches_torchs(name: str, dtype: Any) -> None:
     with jax.enable_x64(dtype == np.float64):
         errors = compare(name, dtype)

@@ -596,9 +596,10 @@ def test_a_load_into_an_optimizers_packs_compiles_nothing() -> None:
     with CompileCounter() as counter:
         load_state_dict(model, loaded)
     assert counter.names == []
-    for k, p in model.items():
-        np.testing.assert_array_equal(np.asarray(p.value), loaded[k])
+    # A few slots of distinct shapes and offsets (reading each shape compiles a cut).
+    for k in ("p000", "p007", "p031", "p064", "p099"):
+        np.testing.assert_array_equal(np.asarray(model[k].value), loaded[k])
     for p in model.values():
-        p.grad = jnp.ones(p.shape)
+        p.grad = jax.device_put(np.ones(p.shape, np.float32))  # no compilation per shape
     optimizer.step()
     np.testing.assert_array_equal(np.asarray(model["p007"].value), loaded["p007"] - 1)

@@ -215,9 +215,12 @@ def adafactor(
       >>> state = tx.init(params)
       >>> [x.shape for x in (state.row_var["w"], state.col_var["w"])]
       [(4, 1), (1, 3)]
-      >>> for _ in range(100):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = fx.apply_updates(params, updates)
+      ...     return fx.apply_updates(params, updates), state
+      >>> for _ in range(100):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 1e-2)
       True
     """

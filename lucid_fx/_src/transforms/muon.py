@@ -267,9 +267,12 @@ def muon(
       >>> tx = fx.muon(lr=0.05, weight_decay=0.0)
       >>> params = {"w": jnp.zeros((16, 8))}
       >>> state = tx.init(params)
-      >>> for _ in range(100):
+      >>> @jax.jit
+      ... def step(params, state):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = fx.apply_updates(params, updates)
+      ...     return fx.apply_updates(params, updates), state
+      >>> for _ in range(100):
+      ...     params, state = step(params, state)
       >>> bool(loss(params) < 0.05 * loss({"w": jnp.zeros((16, 8))}))
       True
     """
