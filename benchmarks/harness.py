@@ -103,8 +103,8 @@ def wait_for_step(optimizer: Any) -> None:
     """Waits until ``optimizer``'s last ``step()`` is done, on its packed buffers.
 
     Reading each Parameter's ``.value`` would also wait, but first cut every
-    Parameter's view out of its pack, one call each: a cost of the read, not of
-    ``step()`` (14 ms for the 120 small Parameters of the shape-aware cases).
+    Parameter's view out of its pack, one call and one copy each: a cost of the read,
+    not of ``step()`` (9 ms a step for the 120 Parameters of the Adafactor case).
     """
     jax.block_until_ready([pack.buffer for group in optimizer._packs for pack in group])
 

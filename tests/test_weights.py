@@ -603,3 +603,27 @@ def test_a_load_into_an_optimizers_packs_compiles_nothing() -> None:
         p.grad = jax.device_put(np.ones(p.shape, np.float32))  # no compilation per shape
     optimizer.step()
     np.testing.assert_array_equal(np.asarray(model["p007"].value), loaded["p007"] - 1)
+
+
+def test_state_dict_of_packed_parameters_compiles_nothing() -> None:
+    """A hundred Parameters of a hundred shapes in one flat buffer, a stack of matrices, a
+    large Parameter of its own and a tied one: each buffer crosses to the host once and is
+    cut there, so the dict compiles nothing, and each entry is its Parameter's value."""
+    rng = np.random.default_rng(0)
+    small = {f"p{i:03d}": fx.Parameter(jax.device_put(rng.standard_normal((i + 1, 3)).astype(
+        np.float32))) for i in range(100)}
+    large = fx.Parameter(jax.device_put(rng.standard_normal(70_000).astype(np.float32)))
+    model = {"small": small, "large": large, "tied": [small["p005"], small["p005"]]}
+    fx.SGD(fx.parameters(model), lr=0.1)
+    matrices = [fx.Parameter(jax.device_put(rng.standard_normal((4, 3)).astype(np.float32)))
+                for _ in range(3)]
+    fx.Adafactor(matrices)  # shape-aware: one stack
+    model["stack"] = matrices
+    with CompileCounter() as counter:
+        saved = state_dict(model)
+    assert counter.names == []
+    expected = {dotted_name(path): np.asarray(p.value) for path, p in
+                jax.tree_util.tree_flatten_with_path(model)[0]}
+    assert saved.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=name)

@@ -32,7 +32,7 @@ from lucid_fx._src.core.placement import copy_array, put_like, to_host
 from lucid_fx._src.core.validation import check_flag, check_same_structure
 from lucid_fx._src.interop.host import from_torch, host_array
 from lucid_fx._src.stateful.autodiff import Parameter
-from lucid_fx._src.stateful.storage import ParamPack, held_by, make_packs
+from lucid_fx._src.stateful.storage import ParamPack, held_by, make_packs, read_host_values
 from lucid_fx._src.stateful.tracing import check_eager
 from lucid_fx._src.stateful.weights import checked_array, same_bits
 from lucid_fx._src.transforms.averaging import (
@@ -516,18 +516,12 @@ class AveragedModel:
         under each of its names, as torch lists it.
         """
         check_eager("AveragedModel.state_dict()")
-        hosts: dict[int, np.ndarray] = {}
         out: dict[str, np.ndarray] = {"n_averaged": host_array(np.int64(self._n))}
-        for name, i in self._named():
-            leaf = self._leaves[i]
-            held = held_by(leaf) if isinstance(leaf, Parameter) else None
-            if held is not None:
-                pack, slot = held
-                if id(pack) not in hosts:
-                    hosts[id(pack)] = to_host(pack.buffer)
-                value = pack.layout.cut(hosts[id(pack)], slot)
-            else:
-                value = to_host(leaf.value if isinstance(leaf, Parameter) else leaf)
+        named = self._named()
+        leaves = [self._leaves[i] for _, i in named]
+        params = iter(read_host_values([x for x in leaves if isinstance(x, Parameter)]))
+        for (name, _), leaf in zip(named, leaves):
+            value = next(params) if isinstance(leaf, Parameter) else to_host(leaf)
             out[f"module.{name}"] = host_array(value)
         return out
 

@@ -17,7 +17,7 @@ from lucid_fx._src.core.naming import KeyPath, dotted_name
 from lucid_fx._src.core.placement import copy_array, put_like, to_host
 from lucid_fx._src.interop.host import from_torch, host_array
 from lucid_fx._src.stateful.autodiff import Parameter
-from lucid_fx._src.stateful.storage import ParamPack, held_by
+from lucid_fx._src.stateful.storage import ParamPack, held_by, read_host_values
 
 __all__ = ["load_state_dict", "load_values", "state_dict", "values"]
 
@@ -193,7 +193,9 @@ def state_dict(tree: PyTree) -> dict[str, np.ndarray]:
       >>> state_dict(model)
       {'fc1.bias': array([0.], dtype=float32), 'fc1.weight': array([[1., 1.]], dtype=float32)}
     """
-    return {name: host_array(to_host(p.value)) for name, p in _named(tree)}
+    named = _named(tree)
+    values = read_host_values([p for _, p in named])
+    return {name: host_array(value) for (name, _), value in zip(named, values)}
 
 
 def load_state_dict(tree: PyTree, state_dict: Mapping[str, Any]) -> None:
