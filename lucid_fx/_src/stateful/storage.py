@@ -293,23 +293,17 @@ def read_host_values(params: Sequence[Parameter]) -> list[np.ndarray]:
     """The values of ``params`` on the host, each pack's buffer crossing once
     (:meth:`ParamPack.host_values`)."""
     out: list[Any] = [None] * len(params)
+    packs: dict[int, tuple[ParamPack, list[tuple[int, int]]]] = {}  # (index, slot) per pack
     for i, p in enumerate(params):
-        if held_by(p) is None:
+        held = held_by(p)
+        if held is None:
             out[i] = to_host(p.value)
-    for pack, entries in _by_pack(params).values():
+        else:
+            packs.setdefault(id(held[0]), (held[0], []))[1].append((i, held[1]))
+    for pack, entries in packs.values():
         for (i, _), value in zip(entries, pack.host_values([slot for _, slot in entries])):
             out[i] = value
     return out
-
-
-def _by_pack(params: Sequence[Parameter]) -> dict[int, tuple[ParamPack, list[tuple[int, int]]]]:
-    """The packed ones of ``params``, by pack: (index in ``params``, slot) pairs."""
-    groups: dict[int, tuple[ParamPack, list[tuple[int, int]]]] = {}
-    for i, p in enumerate(params):
-        held = held_by(p)
-        if held is not None:
-            groups.setdefault(id(held[0]), (held[0], []))[1].append((i, held[1]))
-    return groups
 
 
 def held_by(p: Parameter) -> tuple[ParamPack, int] | None:
